@@ -1,0 +1,272 @@
+"""The ``vigil`` command line: backends, config check, status and report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import VigilConfig, load_config
+from .errors import VigilError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="vigil", no_args_is_help=True, add_completion=False,
+    help="llmvigil: production monitoring for LLM applications.",
+)
+config_app = typer.Typer(no_args_is_help=True, help="Inspect and validate configuration.")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config (default: $VIGIL_CONFIG, ./vigil.yaml)."),
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _config(path: Path | None) -> VigilConfig:
+    try:
+        return load_config(path)
+    except VigilError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("vigil.yaml"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter config (config.example.yaml) to PATH."""
+    if path.exists() and not force:
+        raise _fail(f"{path} exists; pass --force to overwrite it")
+    example = Path(__file__).resolve().parent.parent / "config.example.yaml"
+    shutil.copyfile(example, path)
+    out.print(f"wrote {path}; edit its backends: list, then run [bold]vigil config check[/]")
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[Path | None, typer.Argument(help="Config file to check.")] = None,
+    show: Annotated[bool, typer.Option(help="Print the effective config.")] = False,
+) -> None:
+    """Validate a config file (and environment overrides) without starting anything."""
+    from ..plugins.manager import adapter_infos, new_plugin_manager
+
+    cfg = _config(file)
+    known = adapter_infos(new_plugin_manager())
+    unknown = [b.name for b in cfg.backends if b.name not in known]
+    if unknown:
+        raise _fail(
+            f"{cfg.source or 'config'}: backends: unknown backend(s) {', '.join(unknown)}; "
+            f"known backends: {', '.join(sorted(known))}"
+        )
+    if show:
+        out.print_json(json.dumps(cfg.redacted_dict(), default=str))
+    names = ", ".join(b.name for b in cfg.backends if b.enabled) or "(none)"
+    out.print(f"[green]ok[/] {cfg.source or '(defaults)'}: backends {names}")
+
+
+@app.command()
+def backends(
+    check: Annotated[bool, typer.Option(help="Test connectivity of configured backends.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """List registered backend adapters and what each can hold."""
+    from ..plugins.manager import adapter_infos, new_plugin_manager
+    from ..plugins.types import RECORD_KINDS
+
+    pm = new_plugin_manager()
+    infos = adapter_infos(pm)
+    table = Table(title="backend adapters")
+    table.add_column("name", style="bold")
+    table.add_column("extra")
+    for kind in RECORD_KINDS:
+        table.add_column(kind.replace("_", " "))
+    table.add_column("description")
+    for name, info in sorted(infos.items()):
+        marks = ["yes" if info.capabilities.can_hold(k) else "[red]no[/]" for k in RECORD_KINDS]
+        table.add_row(name, info.extra or "-", *marks, info.description)
+    out.print(table)
+    if check:
+        _check_backends(config, pm, infos)
+
+
+def _check_backends(config: Path | None, pm: Any, infos: dict[str, Any]) -> None:
+    cfg = _config(config)
+    failed = False
+    for bc in cfg.backends:
+        if bc.name not in infos:
+            err.print(f"[red]✗[/] {bc.name}: unknown backend; known: {', '.join(sorted(infos))}")
+            failed = True
+            continue
+        settings = dict(bc.settings)
+        if bc.name == "local":
+            settings.setdefault("path", cfg.store.path)
+        try:
+            instance = infos[bc.name].factory(settings)
+            pm.register(instance, name=f"check:{bc.name}")
+            hook = pm.subset_hook_caller(
+                "llmvigil_check",
+                remove_plugins=[p for p in pm.get_plugins() if p is not instance],
+            )
+            detail = hook(timeout_s=bc.timeout_s)
+            out.print(f"[green]✓[/] {bc.name}: {detail or 'ok'}")
+        except Exception as exc:
+            err.print(f"[red]✗[/] {bc.name}: {exc}")
+            failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
+def _status_files(cfg: VigilConfig) -> list[dict[str, Any]]:
+    status_dir = Path(cfg.pipeline.journal_dir).parent / "status"
+    found = []
+    for path in sorted(status_dir.glob("*.json")):
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@app.command()
+def status(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Pipeline and per-backend counters: delivered, retried, journaled, dropped."""
+    from .journal import Journal
+
+    cfg = _config(config)
+    procs = _status_files(cfg)
+    journal_root = Path(cfg.pipeline.journal_dir)
+    journals = {}
+    if journal_root.is_dir():
+        for d in sorted(p for p in journal_root.iterdir() if p.is_dir()):
+            j = Journal(d, cfg.pipeline.journal_max_bytes)
+            journals[d.name] = {"batches": j.pending_count(), "bytes": j.size_bytes()}
+    if as_json:
+        out.print_json(json.dumps({"processes": procs, "journals": journals}))
+        return
+    if not procs and not journals:
+        out.print(f"no llmvigil activity recorded under {journal_root.parent}")
+        return
+    for st in procs:
+        age = (time.time_ns() - st.get("updated_ns", 0)) / 1e9
+        alive = _pid_alive(int(st.get("pid", 0)))
+        out.print(
+            f"[bold]pid {st.get('pid')}[/] ({'running' if alive else 'exited'}, "
+            f"updated {age:.0f}s ago): processed {st.get('processed', 0)}, queued "
+            f"{st.get('queued', 0)}, dropped (queue full) {st.get('dropped_queue_full', 0)}, "
+            f"spilled {st.get('spilled', 0)}, sampled out {st.get('sampled_out', 0)}"
+        )
+        table = Table()
+        for col in ("backend", "delivered", "retried", "journaled", "replayed", "dropped",
+                    "cannot hold", "backlog", "journal", "last error"):
+            table.add_column(col)
+        for name, c in st.get("backends", {}).items():
+            table.add_row(
+                name, *(str(c.get(k, 0)) for k in ("delivered", "retried", "journaled",
+                                                    "replayed", "dropped", "cannot_hold",
+                                                    "backlog")),
+                f"{c.get('journal_batches', 0)} batches",
+                str(c.get("journal_error") or c.get("last_error") or ""),
+            )
+        out.print(table)
+    if journals:
+        pending = ", ".join(f"{k}: {v['batches']} batches ({v['bytes']} B)"
+                            for k, v in journals.items())
+        out.print(f"journal on disk: {pending}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@app.command()
+def report(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    since: Annotated[str | None, typer.Option(help="Only records newer than 15m, 2h, 7d "
+                                                   "or an ISO-8601 time.")] = None,
+    store: Annotated[Path | None, typer.Option(help="Local store file (default from config).")]
+    = None,
+) -> None:
+    """Per-feature requests, error rate, latency, tokens and cost from the local store."""
+    from . import store_queries
+
+    cfg = _config(config)
+    path = store or Path(cfg.store.path)
+    try:
+        since_ns = store_queries.parse_since(since) if since else None
+    except ValueError as exc:
+        raise _fail(f"--since: {exc}") from None
+    try:
+        data = store_queries.report(path, since_ns=since_ns)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc), code=1) from None
+    if as_json:
+        out.print_json(json.dumps(data, default=str))
+        return
+    _print_report(data)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_report(data: dict[str, Any]) -> None:
+    table = Table(title="llmvigil report")
+    for col in ("feature", "requests", "errors", "error rate", "p50 s", "p95 s", "TTFT s",
+                "in tok", "out tok", "cache tok", "cost $"):
+        table.add_column(col, justify="left" if col == "feature" else "right")
+    rows = list(data.get("features", {}).items())
+    if "totals" in data:
+        rows.append(("[bold]all[/]", data["totals"]))
+    for name, f in rows:
+        table.add_row(
+            name, str(f.get("requests", 0)), str(f.get("errors", 0)),
+            _fmt(f.get("error_rate"), ".1%"), _fmt(f.get("latency_p50_s"), ".3f"),
+            _fmt(f.get("latency_p95_s"), ".3f"), _fmt(f.get("ttft_mean_s"), ".3f"),
+            str(f.get("input_tokens", 0)), str(f.get("output_tokens", 0)),
+            str(f.get("cache_read_tokens", 0) + f.get("cache_write_tokens", 0)),
+            _fmt(f.get("cost_usd"), ".4f"),
+        )
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``vigil`` console script."""
+    try:
+        app()
+    except VigilError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

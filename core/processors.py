@@ -1,0 +1,133 @@
+"""The processor chain the worker runs on every record before any backend sees it.
+
+A processor is a plain callable ``(record) -> record | None`` (``None`` drops the
+record on purpose, and the pipeline counts it). The default chain is
+:class:`Materialize` (captured references -> bounded, JSON-able data) then
+:class:`Redact` (secrets and PII masked). Both run before the journal, so nothing
+unredacted is ever written to disk or sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import msgspec
+
+from .capture import CallArgs, StreamedOutput
+from .model import Score, Span
+from .redaction import CATEGORIES, Redactor
+from .serialize import Limits, to_safe
+
+__all__ = ["Materialize", "Processor", "Redact", "backend_view"]
+
+Processor: TypeAlias = Callable[[Any], Any]
+
+
+class Materialize:
+    """Turns what capture kept by reference into safe data within the size limits."""
+
+    __slots__ = ("inputs", "limits", "outputs")
+
+    def __init__(self, limits: Limits, *, inputs: bool = True, outputs: bool = True) -> None:
+        self.limits = limits
+        self.inputs = inputs
+        self.outputs = outputs
+
+    def __call__(self, record: Any) -> Any:
+        limits = self.limits
+        if isinstance(record, Span):
+            record.input = self._value(record.input) if self.inputs else None
+            record.output = self._value(record.output) if self.outputs else None
+            if record.metadata:
+                record.metadata = to_safe(record.metadata, limits)
+            if record.attributes:
+                record.attributes = to_safe(record.attributes, limits)
+            if record.tags:
+                record.tags = [str(t)[: limits.max_chars] for t in record.tags]
+            if record.error is not None:
+                record.error = to_safe(record.error, limits)
+        elif getattr(record, "metadata", None):
+            record.metadata = to_safe(record.metadata, limits)
+        return record
+
+    def _value(self, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, CallArgs):
+            value = value.bound()
+        elif isinstance(value, StreamedOutput):
+            items = value.items
+            if items and all(isinstance(i, str) for i in items):
+                value = "".join(items)
+            else:
+                value = list(items)
+        return to_safe(value, self.limits)
+
+
+class Redact:
+    """Masks secrets and PII in every text field of a record."""
+
+    __slots__ = ("redactor",)
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+
+    def __call__(self, record: Any) -> Any:
+        r = self.redactor
+        if not r:
+            return record
+        if isinstance(record, Span):
+            record.input = r.data(record.input)
+            record.output = r.data(record.output)
+            if record.error:
+                record.error = r.text(record.error)
+            if record.metadata:
+                record.metadata = r.data(record.metadata)
+            if record.attributes:
+                record.attributes = r.data(record.attributes)
+        elif isinstance(record, Score):
+            if record.comment:
+                record.comment = r.text(record.comment)
+            if record.correction:
+                record.correction = r.text(record.correction)
+            if record.metadata:
+                record.metadata = r.data(record.metadata)
+        elif getattr(record, "metadata", None):
+            record.metadata = r.data(record.metadata)
+        return record
+
+
+_MASK_ALL = Redact(Redactor(CATEGORIES))
+
+
+def backend_view(level: str) -> Callable[[str, list[Any]], list[Any]] | None:
+    """The per-backend transform for a redaction level, or ``None`` for ``full``.
+
+    ``masked`` masks every built-in PII category on copies of the records; ``none``
+    removes inputs, outputs and free-text comments. The shared records are never
+    changed, so each backend gets its own view.
+    """
+    if level == "full":
+        return None
+    if level == "none":
+        return _strip_content
+    return _mask_content
+
+
+def _copy(record: Any) -> Any:
+    return msgspec.structs.replace(record)
+
+
+def _mask_content(kind: str, records: list[Any]) -> list[Any]:
+    if kind not in ("spans", "scores"):
+        return records
+    return [_MASK_ALL(_copy(r)) for r in records]
+
+
+def _strip_content(kind: str, records: list[Any]) -> list[Any]:
+    if kind == "spans":
+        return [msgspec.structs.replace(r, input=None, output=None) for r in records]
+    if kind == "scores":
+        return [msgspec.structs.replace(r, comment=None, correction=None) for r in records]
+    return records

@@ -1,0 +1,398 @@
+"""The process-wide runtime: configuration, plugins, backends and the pipeline.
+
+This module holds global state: one :class:`Runtime` per process, created by
+:func:`init` or, on first use, from ``VIGIL_CONFIG``/``./vigil.yaml``/defaults.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from . import capture
+from .config import BackendConfig, VigilConfig, load_config
+from .errors import ConfigError, MissingExtraError, PluginError
+from .journal import Journal
+from .model import Metric, Score, SessionEvent, Span
+from .outbox import Outbox, OutboxSettings
+from .pipeline import Monitor, Pipeline
+from .processors import Materialize, Processor, Redact, backend_view
+from .redaction import Redactor
+from .serialize import Limits
+
+__all__ = [
+    "Runtime",
+    "feedback",
+    "flush",
+    "get_runtime",
+    "init",
+    "is_initialized",
+    "session_event",
+    "shutdown",
+]
+
+_log = logging.getLogger("llmvigil")
+_lock = threading.RLock()
+_runtime: Runtime | None = None
+_explicitly_shut_down = False
+
+
+class _SelfMetrics:
+    """Publishes the pipeline's own counters as Metric records at an interval."""
+
+    def __init__(self, runtime: Runtime, interval_s: float) -> None:
+        self.runtime = runtime
+        self.interval_ns = int(interval_s * 1e9)
+        self.next_ns = time.time_ns() + self.interval_ns
+
+    def observe(self, record: Any) -> Iterable[Any]:
+        return ()
+
+    def tick(self, now_ns: int) -> Iterable[Any]:
+        if now_ns < self.next_ns:
+            return ()
+        self.next_ns = now_ns + self.interval_ns
+        return self.runtime.pipeline.self_metrics()
+
+
+class Runtime:
+    """Everything one ``init()`` builds: plugin manager, backends, outboxes, pipeline."""
+
+    def __init__(self, config: VigilConfig, pm: pluggy.PluginManager | None = None,
+                 monitors: Sequence[Monitor] = ()) -> None:
+        from ..plugins.manager import get_adapter, new_plugin_manager
+
+        self.config = config
+        self.pm = pm if pm is not None else new_plugin_manager()
+        pipe = config.pipeline
+        journal_root = Path(pipe.journal_dir)
+        outbox_settings = OutboxSettings(
+            max_retries=pipe.max_retries, backoff_initial_s=pipe.backoff_initial_s,
+            backoff_max_s=pipe.backoff_max_s, max_records=pipe.outbox_max_records,
+            breaker_failures=pipe.breaker_failures, breaker_reset_s=pipe.breaker_reset_s,
+        )
+        self.backends: dict[str, object] = {}
+        outboxes = []
+        try:
+            for bc in config.backends:
+                if not bc.enabled:
+                    continue
+                where = f"{config.source or 'config'}: backends"
+                info = get_adapter(self.pm, bc.name, where=where)
+                instance = self._build(info.name, info.factory, info.extra, bc)
+                self.pm.register(instance, name=f"backend:{bc.name}")
+                self.backends[bc.name] = instance
+                outboxes.append(Outbox(
+                    bc.name, self._exporter(instance),
+                    Journal(journal_root / bc.name, pipe.journal_max_bytes),
+                    outbox_settings, info.capabilities.can_hold, backend_view(bc.redaction),
+                ))
+        except BaseException:
+            for box in outboxes:
+                box.close(0.1)
+            for name in list(self.backends):
+                self.pm.unregister(name=f"backend:{name}")
+            raise
+        cap = config.capture
+        redactor = Redactor(cap.redact, [(p.name, p.pattern, p.replacement)
+                                         for p in cap.redact_patterns], cap.redact_keys)
+        processors: list[Processor] = [
+            Materialize(Limits(cap.max_field_chars, cap.max_depth, cap.max_items),
+                        inputs=cap.inputs, outputs=cap.outputs),
+            Redact(redactor),
+            self._enrich,
+        ]
+        all_monitors: list[Monitor] = [*monitors, _SelfMetrics(self, pipe.self_metrics_interval_s)]
+        self.pipeline = Pipeline(
+            outboxes, processors, queue_size=pipe.queue_size, batch_size=pipe.batch_size,
+            flush_interval_s=pipe.flush_interval_s, on_full=pipe.on_full,
+            spill_journal=Journal(journal_root / "_spill", pipe.journal_max_bytes),
+            monitors=all_monitors, status_dir=journal_root.parent / "status",
+            extra_status=self._extra_status,
+        )
+
+    def _build(self, name: str, factory: Any, extra: str | None, bc: BackendConfig) -> object:
+        settings = dict(bc.settings)
+        if name == "local":
+            settings.setdefault("path", self.config.store.path)
+        settings.setdefault("timeout_s", bc.timeout_s)
+        settings.setdefault("service", self.config.service.name)
+        try:
+            return factory(settings)
+        except ModuleNotFoundError as exc:
+            raise MissingExtraError(name, extra or name, exc.name or "?") from exc
+        except (ConfigError, MissingExtraError):
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"{self.config.source or 'config'}: backends.{name}: {exc}"
+            ) from exc
+
+    def _exporter(self, instance: object) -> Any:
+        hooks = {
+            kind: self.pm.subset_hook_caller(
+                f"llmvigil_export_{kind}",
+                remove_plugins=[p for p in self.pm.get_plugins() if p is not instance],
+            )
+            for kind in ("spans", "scores", "session_events", "metrics", "alerts",
+                         "safety_verdicts")
+        }
+        arg = {"spans": "spans", "scores": "scores", "session_events": "events",
+               "metrics": "metrics", "alerts": "alerts", "safety_verdicts": "verdicts"}
+
+        def export(kind: str, records: Sequence[Any]) -> str | None:
+            result = hooks[kind](**{arg[kind]: records})
+            return None if result is None else result.value
+
+        return export
+
+    def _enrich(self, record: Any) -> Any:
+        svc = self.config.service
+        if isinstance(record, Span):
+            if record.environment is None:
+                record.environment = svc.environment
+            if record.release is None:
+                record.release = svc.release
+        return record
+
+    def _extra_status(self) -> dict[str, Any]:
+        return {
+            "service": self.config.service.name,
+            "config": self.config.source,
+            "internal_errors": dict(capture.internal_errors),
+        }
+
+    def submit(self, record: Any) -> None:
+        """Hand one record to the pipeline (what the capture path calls)."""
+        self.pipeline.submit(record)
+
+    def close(self, timeout_s: float) -> None:
+        """Flush and stop the pipeline, then shut every backend down."""
+        self.pipeline.close(timeout_s)
+        for name, instance in self.backends.items():
+            try:
+                hook = self.pm.subset_hook_caller(
+                    "llmvigil_shutdown",
+                    remove_plugins=[p for p in self.pm.get_plugins() if p is not instance],
+                )
+                hook(timeout_s=max(0.5, timeout_s / 4))
+            except Exception as exc:
+                _log.warning("llmvigil backend %r shutdown failed: %r", name, exc)
+            self.pm.unregister(name=f"backend:{name}")
+
+
+def _install(runtime: Runtime) -> None:
+    global _runtime
+    _runtime = runtime
+    cap = runtime.config.capture
+    capture._stall_threshold_s = cap.stall_threshold_s
+    if cap.sample_rate >= 1.0:
+        capture._sample = None
+    else:
+        rate = cap.sample_rate
+        rng = random.Random()
+        counters = runtime.pipeline.counters
+
+        def sample() -> bool:
+            keep = rng.random() < rate
+            if not keep:
+                with counters.lock:
+                    counters.sampled_out += 1
+            return keep
+
+        capture._sample = sample
+    capture._sink = runtime.pipeline.submit
+
+
+def init(config_path: str | os.PathLike[str] | None = None, /, *,
+         plugin_manager: pluggy.PluginManager | None = None,
+         monitors: Sequence[Monitor] = (), **overrides: Any) -> Runtime:
+    """Configure llmvigil for this process and start its background worker.
+
+    Args:
+        config_path: a YAML file; when omitted, ``VIGIL_CONFIG``, then
+            ``./vigil.yaml``, then the defaults (the local store) are used.
+        plugin_manager: a prepared plugin manager (tests, embedding apps).
+        monitors: extra monitors fed by the worker.
+        **overrides: top-level config sections, e.g. ``backends=["console"]`` or
+            ``capture={"inputs": False}``; they win over the file and environment.
+
+    Calling ``init`` again shuts the previous runtime down (flushing it) first.
+
+    Raises:
+        ConfigError: the configuration is invalid (the message names file, line, key).
+        MissingExtraError: a backend's vendor SDK is not installed.
+    """
+    global _explicitly_shut_down
+    config = load_config(config_path, **overrides)
+    with _lock:
+        if _runtime is not None:
+            shutdown()
+        try:
+            runtime = Runtime(config, plugin_manager, monitors)
+        except PluginError as exc:
+            raise ConfigError(str(exc)) from exc
+        _install(runtime)
+        _explicitly_shut_down = False
+    return runtime
+
+
+def _autoinit() -> Any:
+    """Create the runtime on first use; ``None`` after an explicit shutdown."""
+    with _lock:
+        if _runtime is not None:
+            return _runtime.pipeline.submit
+        if _explicitly_shut_down:
+            return None
+        try:
+            init()
+        except Exception as exc:
+            # Auto-init must never break the application: say why once, then stay off.
+            _log.error("llmvigil is disabled: %s", exc)
+            _disable()
+            return None
+        return _runtime.pipeline.submit if _runtime is not None else None
+
+
+def _disable() -> None:
+    global _explicitly_shut_down
+    _explicitly_shut_down = True
+
+
+capture._autoinit = _autoinit
+
+
+def get_runtime() -> Runtime | None:
+    """The active runtime, initialising it from the environment if needed."""
+    if _runtime is None:
+        _autoinit()
+    return _runtime
+
+
+def is_initialized() -> bool:
+    """Whether a runtime is active in this process."""
+    return _runtime is not None
+
+
+def flush(timeout: float = 10.0) -> bool:
+    """Block until every record so far reached each backend or its journal.
+
+    Returns ``True`` when that happened within ``timeout`` seconds.
+    """
+    rt = _runtime
+    if rt is None:
+        return True
+    try:
+        return rt.pipeline.flush(timeout)
+    except Exception as exc:
+        capture.internal_error("flush", exc)
+        return False
+
+
+def shutdown(timeout: float = 10.0) -> None:
+    """Flush, stop the worker and outboxes, and release the backends.
+
+    Records emitted afterwards are ignored until :func:`init` is called again.
+    Registered with :mod:`atexit` by :func:`init`.
+    """
+    global _runtime, _explicitly_shut_down
+    with _lock:
+        rt = _runtime
+        _runtime = None
+        capture._sink = None
+        capture._sample = None
+        _explicitly_shut_down = True
+    if rt is not None:
+        try:
+            rt.close(timeout)
+        except Exception as exc:
+            capture.internal_error("shutdown", exc)
+
+
+atexit.register(shutdown)
+
+_FEEDBACK_KINDS = {
+    "thumbs_up": 1.0, "thumbs_down": 0.0, "rating": None, "correction": 0.0,
+    "report": 0.0,
+}
+
+
+def _target_ids(target: Any) -> tuple[str | None, str | None]:
+    """(trace_id, span_id) of a span handle, a Span, a 16-hex span id or a 32-hex trace id."""
+    if target is None:
+        handle = capture.current_span()
+        return (handle.trace_id, handle.span_id) if handle is not None else (None, None)
+    if isinstance(target, capture.SpanHandle):
+        return target.trace_id, target.span_id
+    if isinstance(target, Span):
+        return target.trace_id, target.id
+    text = str(target)
+    if len(text) == 32:
+        return text, None
+    return None, text
+
+
+def feedback(target: Any = None, kind: str = "thumbs_up", value: float | None = None, *,
+             category: str | None = None, correction: str | None = None,
+             comment: str | None = None, user_id: str | None = None,
+             session_id: str | None = None, feature: str | None = None,
+             metadata: Mapping[str, Any] | None = None, name: str = "user_feedback",
+             source: str = "user") -> Score | None:
+    """Record user feedback on a span or trace as a :class:`Score`.
+
+    Args:
+        target: a live span (``current_span()``), a ``Span``, a span id (16 hex
+            digits) or a trace id (32 hex digits); the current span when omitted.
+        kind: ``thumbs_up``, ``thumbs_down``, ``rating``, ``correction``, ``report``
+            or your own kind.
+        value: the score; defaults to 1 for thumbs up and 0 for the negative kinds.
+
+    Returns the recorded score (``None`` only if llmvigil itself failed, which is
+    logged and counted, never raised).
+    """
+    try:
+        trace_id, span_id = _target_ids(target)
+        if value is None:
+            value = _FEEDBACK_KINDS.get(kind)
+        score = Score(
+            name=name, kind=kind, value=value, trace_id=trace_id, span_id=span_id,
+            category=category, correction=correction, comment=comment,
+            user_id=user_id, session_id=session_id, feature=feature,
+            metadata=dict(metadata or {}), source=source,
+        )
+        capture.emit(score)
+        return score
+    except Exception as exc:
+        capture.internal_error("feedback", exc)
+        return None
+
+
+def session_event(session_id: str, event: str, *, user_id: str | None = None,
+                  feature: str | None = None, trace_id: str | None = None,
+                  metadata: Mapping[str, Any] | None = None) -> SessionEvent | None:
+    """Record a session milestone: ``start``, ``follow_up``, ``task_complete``, ``abandon``."""
+    try:
+        if trace_id is None:
+            handle = capture.current_span()
+            trace_id = handle.trace_id if handle is not None else None
+        ev = SessionEvent(session_id=str(session_id), event=event, user_id=user_id,
+                          feature=feature, trace_id=trace_id, metadata=dict(metadata or {}))
+        capture.emit(ev)
+        return ev
+    except Exception as exc:
+        capture.internal_error("session_event", exc)
+        return None
+
+
+def emit_metric(name: str, value: float, **labels: str) -> None:
+    """Publish one application-defined metric through every backend."""
+    capture.emit(Metric(name=name, value=float(value), labels=dict(labels)))

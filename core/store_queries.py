@@ -1,0 +1,476 @@
+"""The local store's schema and the read-side queries behind ``vigil report``/``status``.
+
+The local store is one SQLite file (default ``.vigil/vigil.db``) written by the
+``local`` backend adapter. Its schema lives here, in core, because core may not
+import an adapter by name yet has to read the store for ``vigil report`` and
+``vigil status``; :mod:`llmvigil.adapters.local` imports the DDL from this module so
+the schema has a single home.
+
+Every record kind has one table named after it (:data:`TABLES`). A table holds
+``id TEXT PRIMARY KEY``, the columns the reports filter and aggregate on, and
+``data BLOB``: the whole record as written by :func:`llmvigil.core.model.encode`, so
+reading a record back never depends on the query columns.
+
+The functions here open the file read-only (``mode=ro``), so a report never takes
+a write lock and never creates a store that does not exist yet.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from .errors import VigilError
+
+__all__ = [
+    "DEFAULT_STORE_PATH",
+    "NONE_FEATURE",
+    "SCHEMA_STATEMENTS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "TableSpec",
+    "connect_readonly",
+    "parse_since",
+    "record_counts",
+    "report",
+]
+
+#: ``PRAGMA user_version`` of the schema below; bump it with a migration step.
+SCHEMA_VERSION = 1
+
+#: Where the local store lives when the config does not say (``store.path``).
+DEFAULT_STORE_PATH = ".vigil/vigil.db"
+
+#: How ``report`` labels spans that carry no ``feature``.
+NONE_FEATURE = "(none)"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table of the local store.
+
+    ``columns`` are the query columns, in row order, between ``id`` (first) and
+    ``data`` (last); ``time_column`` orders and windows the records;
+    ``indexes`` are the column lists to index.
+    """
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    time_column: str
+    indexes: tuple[tuple[str, ...], ...]
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """All columns of a row, in insert order: ``id``, the query columns, ``data``."""
+        return ("id", *(name for name, _ in self.columns), "data")
+
+    def ddl(self) -> list[str]:
+        """The idempotent ``CREATE TABLE``/``CREATE INDEX`` statements of this table."""
+        cols = ",\n    ".join(
+            ["id TEXT PRIMARY KEY", *(f"{n} {t}" for n, t in self.columns), "data BLOB NOT NULL"]
+        )
+        out = [f"CREATE TABLE IF NOT EXISTS {self.name} (\n    {cols}\n)"]
+        for index in self.indexes:
+            out.append(
+                f"CREATE INDEX IF NOT EXISTS ix_{self.name}_{'_'.join(index)} "
+                f"ON {self.name} ({', '.join(index)})"
+            )
+        return out
+
+
+#: The tables of the local store, keyed by record kind (the names of
+#: :data:`llmvigil.plugins.types.RECORD_KINDS`).
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        TableSpec(
+            name="spans",
+            columns=(
+                ("trace_id", "TEXT NOT NULL"),
+                ("parent_id", "TEXT"),
+                ("name", "TEXT NOT NULL"),
+                ("kind", "TEXT NOT NULL"),
+                ("start_ns", "INTEGER NOT NULL"),
+                ("end_ns", "INTEGER NOT NULL"),
+                ("status", "TEXT NOT NULL"),
+                ("error_type", "TEXT"),
+                ("model", "TEXT"),
+                ("provider", "TEXT"),
+                ("feature", "TEXT"),
+                ("user_id", "TEXT"),
+                ("session_id", "TEXT"),
+                ("input_tokens", "INTEGER"),
+                ("output_tokens", "INTEGER"),
+                ("cache_read_tokens", "INTEGER"),
+                ("cache_write_tokens", "INTEGER"),
+                ("cost_usd", "REAL"),
+                ("ttft_s", "REAL"),
+            ),
+            time_column="start_ns",
+            indexes=(("start_ns",), ("feature", "start_ns"), ("trace_id",)),
+        ),
+        TableSpec(
+            name="scores",
+            columns=(
+                ("trace_id", "TEXT"),
+                ("span_id", "TEXT"),
+                ("name", "TEXT NOT NULL"),
+                ("kind", "TEXT NOT NULL"),
+                ("value", "REAL"),
+                ("time_ns", "INTEGER NOT NULL"),
+                ("user_id", "TEXT"),
+                ("session_id", "TEXT"),
+                ("feature", "TEXT"),
+            ),
+            time_column="time_ns",
+            indexes=(("time_ns",), ("feature", "time_ns"), ("trace_id",)),
+        ),
+        TableSpec(
+            name="session_events",
+            columns=(
+                ("session_id", "TEXT NOT NULL"),
+                ("event", "TEXT NOT NULL"),
+                ("time_ns", "INTEGER NOT NULL"),
+                ("user_id", "TEXT"),
+                ("feature", "TEXT"),
+            ),
+            time_column="time_ns",
+            indexes=(("time_ns",), ("feature", "time_ns"), ("session_id",)),
+        ),
+        TableSpec(
+            name="metrics",
+            columns=(
+                ("name", "TEXT NOT NULL"),
+                ("value", "REAL"),
+                ("time_ns", "INTEGER NOT NULL"),
+                ("labels", "TEXT NOT NULL"),
+            ),
+            time_column="time_ns",
+            indexes=(("time_ns",), ("name", "time_ns")),
+        ),
+        TableSpec(
+            name="alerts",
+            columns=(
+                ("rule", "TEXT NOT NULL"),
+                ("severity", "TEXT NOT NULL"),
+                ("time_ns", "INTEGER NOT NULL"),
+            ),
+            time_column="time_ns",
+            indexes=(("time_ns",),),
+        ),
+        TableSpec(
+            name="safety_verdicts",
+            columns=(
+                ("action", "TEXT NOT NULL"),
+                ("category", "TEXT"),
+                ("time_ns", "INTEGER NOT NULL"),
+                ("trace_id", "TEXT"),
+            ),
+            time_column="time_ns",
+            indexes=(("time_ns",),),
+        ),
+    )
+}
+
+#: Every DDL statement of the schema, in order; each is idempotent.
+SCHEMA_STATEMENTS: tuple[str, ...] = tuple(stmt for spec in TABLES.values() for stmt in spec.ddl())
+
+
+# ---------------------------------------------------------------------------
+# Opening the store read-only
+# ---------------------------------------------------------------------------
+
+
+def connect_readonly(path: str | Path, *, busy_timeout_s: float = 30.0) -> sqlite3.Connection:
+    """Open the local store read-only.
+
+    Args:
+        path: the SQLite file (``store.path`` in the config).
+        busy_timeout_s: how long to wait when a writer briefly holds a lock that a
+            reader needs (WAL recovery after a crash).
+
+    Raises:
+        FileNotFoundError: the store does not exist yet (nothing was recorded).
+        VigilError: the store was written by a newer llmvigil with a newer schema.
+        sqlite3.DatabaseError: the file is not an SQLite database; the message names it.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"no records yet: the local store {str(p)!r} does not exist "
+            "(it is created by the first run of an application with the 'local' backend)"
+        )
+    uri = "file:" + quote(str(p.resolve())) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise sqlite3.DatabaseError(f"{p}: not an llmvigil local store ({exc})") from exc
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise VigilError(
+            f"{p}: the local store has schema version {version}, this llmvigil reads up to "
+            f"{SCHEMA_VERSION}; upgrade llmvigil"
+        )
+    return conn
+
+
+def _existing_tables(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {row[0] for row in rows}
+
+
+def record_counts(path: str | Path) -> dict[str, int]:
+    """Return how many records of each kind the store holds, e.g. ``{"spans": 120, ...}``.
+
+    Every kind of :data:`TABLES` is present; a table not created yet counts 0.
+
+    Raises:
+        FileNotFoundError: the store does not exist yet.
+    """
+    conn = connect_readonly(path)
+    try:
+        existing = _existing_tables(conn)
+        return {
+            kind: (
+                int(conn.execute(f"SELECT COUNT(*) FROM {kind}").fetchone()[0])
+                if kind in existing
+                else 0
+            )
+            for kind in TABLES
+        }
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------
+# vigil report
+# ---------------------------------------------------------------------------
+
+_AGGREGATES = """
+SELECT feature,
+       COUNT(*),
+       COALESCE(SUM(status = 'error'), 0),
+       COALESCE(SUM(parent_id IS NULL), 0),
+       COALESCE(SUM(parent_id IS NULL AND status = 'error'), 0),
+       COUNT(ttft_s),
+       SUM(ttft_s),
+       COALESCE(SUM(input_tokens), 0),
+       COALESCE(SUM(output_tokens), 0),
+       COALESCE(SUM(cache_read_tokens), 0),
+       COALESCE(SUM(cache_write_tokens), 0),
+       COALESCE(SUM(cost_usd), 0.0),
+       COALESCE(SUM(kind = 'llm' AND cost_usd IS NULL), 0),
+       MIN(start_ns),
+       MAX(end_ns)
+FROM spans
+WHERE start_ns >= ?
+GROUP BY feature
+"""
+
+_ROOT_DURATIONS = """
+SELECT feature, end_ns - start_ns FROM spans WHERE parent_id IS NULL AND start_ns >= ?
+"""
+
+# Column positions in _AGGREGATES rows, after ``feature``.
+_SUM_FIELDS = (
+    "spans",
+    "span_errors",
+    "requests",
+    "errors",
+    "ttft_count",
+    "_ttft_sum",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "unpriced_llm_spans",
+)
+
+
+def report(path: str | Path, *, since_ns: int | None = None) -> dict[str, Any]:
+    """Summarise the spans of the local store, per feature and overall.
+
+    Definitions (all over spans that started at or after ``since_ns``):
+
+    * ``requests``: spans with no parent (root spans), one per handled request;
+      ``errors`` counts those with ``status == "error"`` and ``error_rate`` is
+      ``errors / requests`` (``None`` without requests). ``spans``/``span_errors``
+      count every span, children included.
+    * ``latency_p50_s``/``latency_p95_s``: percentiles (numpy's default linear
+      interpolation) of root span durations in seconds; ``None`` without requests.
+    * ``ttft_mean_s``: mean time to first token over the ``ttft_count`` spans that
+      recorded one.
+    * token totals and ``cost_usd``: sums over every span (capture puts usage and
+      cost on model-call spans only); ``unpriced_llm_spans`` counts ``llm`` spans
+      whose cost is unknown, so a cost total is never silently partial.
+
+    Spans are grouped by their own ``feature``; spans without one are grouped under
+    :data:`NONE_FEATURE`.
+
+    Args:
+        path: the local store file.
+        since_ns: only spans that started at or after this epoch time in
+            nanoseconds (see :func:`parse_since`); ``None`` for all.
+
+    Returns:
+        A JSON-able dict: ``path``, ``since_ns``, ``time_range`` (``start_ns``,
+        ``end_ns`` and ISO-8601 UTC ``start``/``end`` of the spans covered, or
+        ``None`` without spans), ``totals`` and ``features`` (feature -> the same
+        figures as ``totals``, sorted by feature).
+
+    Raises:
+        FileNotFoundError: the store does not exist yet.
+    """
+    conn = connect_readonly(path)
+    try:
+        lower = since_ns if since_ns is not None else -(2**63)
+        if "spans" in _existing_tables(conn):
+            # One read transaction so aggregates and durations see the same snapshot.
+            conn.execute("BEGIN")
+            aggregates = conn.execute(_AGGREGATES, (lower,)).fetchall()
+            durations = conn.execute(_ROOT_DURATIONS, (lower,)).fetchall()
+            conn.execute("COMMIT")
+        else:
+            aggregates, durations = [], []
+    finally:
+        conn.close()
+
+    by_feature: dict[str, list[int]] = {}
+    all_durations: list[int] = []
+    for feature, duration_ns in durations:
+        by_feature.setdefault(_label(feature), []).append(duration_ns)
+        all_durations.append(duration_ns)
+
+    feature_sums: dict[str, dict[str, Any]] = {}
+    first_ns: int | None = None
+    last_ns: int | None = None
+    totals_sums: dict[str, Any] = dict.fromkeys(_SUM_FIELDS, 0)
+    for row in sorted(aggregates, key=lambda r: _label(r[0])):
+        label = _label(row[0])
+        sums = dict(zip(_SUM_FIELDS, row[1:13], strict=True))
+        sums["_ttft_sum"] = sums["_ttft_sum"] or 0.0
+        totals_sums = _add(totals_sums, sums)
+        # A real feature literally named "(none)" shares the label with NULL: merge.
+        previous = feature_sums.get(label)
+        feature_sums[label] = sums if previous is None else _add(previous, sums)
+        first_ns = row[13] if first_ns is None else min(first_ns, row[13])
+        last_ns = row[14] if last_ns is None else max(last_ns, row[14])
+
+    out_features = {
+        label: _figures(sums, by_feature.get(label, ())) for label, sums in feature_sums.items()
+    }
+    time_range = None
+    if first_ns is not None and last_ns is not None:
+        time_range = {
+            "start_ns": first_ns,
+            "end_ns": last_ns,
+            "start": _iso(first_ns),
+            "end": _iso(last_ns),
+        }
+    return {
+        "path": str(Path(path).expanduser()),
+        "since_ns": since_ns,
+        "time_range": time_range,
+        "totals": _figures(totals_sums, all_durations),
+        "features": out_features,
+    }
+
+
+def _label(feature: str | None) -> str:
+    return NONE_FEATURE if feature is None else feature
+
+
+def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {key: a[key] + b[key] for key in a}
+
+
+def _figures(sums: dict[str, Any], durations_ns: Iterable[int]) -> dict[str, Any]:
+    import numpy as np  # only the report needs numpy; keep importing the store light
+
+    durations = np.fromiter(durations_ns, dtype=np.float64)
+    requests = int(sums["requests"])
+    ttft_count = int(sums["ttft_count"])
+    p50 = p95 = None
+    if durations.size:
+        seconds = np.maximum(durations, 0.0) / 1e9
+        p50, p95 = (float(v) for v in np.percentile(seconds, [50, 95]))
+    return {
+        "requests": requests,
+        "errors": int(sums["errors"]),
+        "error_rate": int(sums["errors"]) / requests if requests else None,
+        "latency_p50_s": p50,
+        "latency_p95_s": p95,
+        "ttft_mean_s": float(sums["_ttft_sum"]) / ttft_count if ttft_count else None,
+        "ttft_count": ttft_count,
+        "spans": int(sums["spans"]),
+        "span_errors": int(sums["span_errors"]),
+        "input_tokens": int(sums["input_tokens"]),
+        "output_tokens": int(sums["output_tokens"]),
+        "cache_read_tokens": int(sums["cache_read_tokens"]),
+        "cache_write_tokens": int(sums["cache_write_tokens"]),
+        "cost_usd": float(sums["cost_usd"]),
+        "unpriced_llm_spans": int(sums["unpriced_llm_spans"]),
+    }
+
+
+def _iso(ns: int) -> str:
+    seconds, rest = divmod(ns, 1_000_000_000)
+    dt = datetime.fromtimestamp(seconds, tz=timezone.utc) + timedelta(microseconds=rest // 1000)
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------------
+# --since
+# ---------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def parse_since(text: str, *, now_ns: int | None = None) -> int:
+    """Turn a ``--since`` argument into an epoch time in nanoseconds.
+
+    Accepted forms: a duration back from now, ``30s``, ``15m``, ``2h``, ``7d``,
+    ``1w`` (a decimal amount such as ``1.5h`` works too), or an ISO-8601 date or
+    date-time (``2024-05-01``, ``2024-05-01T12:00``, ``2024-05-01T12:00:00Z``,
+    ``2024-05-01 12:00:00+02:00``); a date-time without an offset is local time.
+
+    Args:
+        text: the argument as typed.
+        now_ns: the current time, for durations; defaults to the clock.
+
+    Raises:
+        ValueError: ``text`` is neither form; the message lists the accepted forms.
+    """
+    match = _DURATION.match(text)
+    if match:
+        amount, unit = float(match.group(1)), match.group(2).lower()
+        now = now_ns if now_ns is not None else time.time_ns()
+        return now - round(amount * _UNIT_S[unit] * 1_000_000_000)
+    stripped = text.strip()
+    # Python 3.10's fromisoformat does not take a trailing "Z".
+    if stripped[-1:] in ("z", "Z"):
+        stripped = stripped[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(stripped)
+    except ValueError:
+        raise ValueError(
+            f"cannot read {text!r} as a time: give a duration back from now "
+            "(30s, 15m, 2h, 7d, 1w) or an ISO-8601 date or date-time "
+            "(2024-05-01, 2024-05-01T12:00:00Z)"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()  # naive means local time
+    delta = dt - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000

@@ -104,10 +104,12 @@ def backends(
         table.add_row(name, info.extra or "-", *marks, info.description)
     out.print(table)
     if check:
-        _check_backends(config, pm, infos)
+        _check_backends(config, infos)
 
 
-def _check_backends(config: Path | None, pm: Any, infos: dict[str, Any]) -> None:
+def _check_backends(config: Path | None, infos: dict[str, Any]) -> None:
+    from ..plugins.manager import backend_hooks
+
     cfg = _config(config)
     failed = False
     for bc in cfg.backends:
@@ -119,13 +121,8 @@ def _check_backends(config: Path | None, pm: Any, infos: dict[str, Any]) -> None
         if bc.name == "local":
             settings.setdefault("path", cfg.store.path)
         try:
-            instance = infos[bc.name].factory(settings)
-            pm.register(instance, name=f"check:{bc.name}")
-            hook = pm.subset_hook_caller(
-                "llmvigil_check",
-                remove_plugins=[p for p in pm.get_plugins() if p is not instance],
-            )
-            detail = hook(timeout_s=bc.timeout_s)
+            hooks = backend_hooks(infos[bc.name].factory(settings), bc.key)
+            detail = hooks.llmvigil_check(timeout_s=bc.timeout_s)
             out.print(f"[green]✓[/] {bc.name}: {detail or 'ok'}")
         except Exception as exc:
             err.print(f"[red]✗[/] {bc.name}: {exc}")

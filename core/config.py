@@ -113,6 +113,8 @@ def _parse_size(value: Any) -> Any:
         number, unit, binary = match.groups()
         power = " kmgt".index(unit.lower()) if unit else 0
         value = int(float(number) * (1024 if binary else 1000) ** power)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(expected)
     return value
@@ -166,6 +168,13 @@ class BackendConfig(BaseModel):
     def settings(self) -> dict[str, Any]:
         """The backend-specific settings (every extra key), secrets as plain strings."""
         return {k: _reveal(v) for k, v in (self.model_extra or {}).items()}
+
+    @property
+    def key(self) -> str:
+        """The backend's unique label: ``name``, or ``name:instance`` when an ``instance``
+        setting tells two backends of the same adapter apart."""
+        instance = (self.model_extra or {}).get("instance")
+        return self.name if instance is None else f"{self.name}:{_reveal(instance)}"
 
 
 class RedactPattern(_Section):
@@ -257,16 +266,17 @@ class VigilConfig(_Section):
     @field_validator("backends")
     @classmethod
     def _unique_names(cls, backends: list[BackendConfig]) -> list[BackendConfig]:
-        """Reject two backend entries with the same name."""
+        """Reject two backend entries with the same name (and ``instance``)."""
         seen: dict[str, int] = {}
         for i, backend in enumerate(backends):
-            if backend.name in seen:
+            if backend.key in seen:
                 raise PydanticCustomError(
                     "duplicate_backend",
-                    "duplicate backend name {name!r}",
-                    {"name": backend.name, "first": seen[backend.name], "second": i},
+                    "duplicate backend name {name!r} (give each an 'instance:' setting "
+                    "to run one adapter twice)",
+                    {"name": backend.key, "first": seen[backend.key], "second": i},
                 )
-            seen[backend.name] = i
+            seen[backend.key] = i
         return backends
 
     def redacted_dict(self) -> dict[str, Any]:
@@ -354,6 +364,7 @@ def load_config(path: str | os.PathLike[str] | None = None, /, **overrides: Any)
     except ValidationError as exc:
         problems.extend(exc.errors())
     if problems:
+        problems.sort(key=lambda err: _line(root, tuple(err["loc"])))
         raise ConfigError("\n".join(_describe(err, where) for err in problems)) from None
     return config.model_copy(update={"source": None if file is None else label})
 
@@ -386,7 +397,9 @@ def _read_yaml(file: Path) -> tuple[dict[str, Any], yaml.Node | None]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
-        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        problem = exc.problem or exc.context or "syntax error"
+        if exc.context and exc.context_mark and exc.problem:
+            problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
         raise ConfigError(f"{at}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: invalid YAML: {exc}") from None
@@ -540,9 +553,8 @@ def _number(field: FieldInfo) -> str:
         return f"a {kind} between {bounds['ge']} and {bounds['le']}"
     if bounds.get("gt") == 0:
         return f"a positive {kind}"
-    if bounds.get("ge") == 0:
-        return f"a {kind} >= 0"
-    return "an integer" if kind == "integer" else "a number"
+    article = "an" if kind == "integer" else "a"
+    return f"{article} {kind} >= 0" if bounds.get("ge") == 0 else f"{article} {kind}"
 
 
 def _show(value: Any, loc: Loc) -> str:

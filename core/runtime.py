@@ -69,7 +69,7 @@ class Runtime:
 
     def __init__(self, config: VigilConfig, pm: pluggy.PluginManager | None = None,
                  monitors: Sequence[Monitor] = ()) -> None:
-        from ..plugins.manager import get_adapter, new_plugin_manager
+        from ..plugins.manager import backend_hooks, get_adapter, new_plugin_manager
 
         self.config = config
         self.pm = pm if pm is not None else new_plugin_manager()
@@ -80,7 +80,7 @@ class Runtime:
             backoff_max_s=pipe.backoff_max_s, max_records=pipe.outbox_max_records,
             breaker_failures=pipe.breaker_failures, breaker_reset_s=pipe.breaker_reset_s,
         )
-        self.backends: dict[str, object] = {}
+        self.backends: dict[str, pluggy.HookRelay] = {}
         outboxes = []
         try:
             for bc in config.backends:
@@ -89,18 +89,16 @@ class Runtime:
                 where = f"{config.source or 'config'}: backends"
                 info = get_adapter(self.pm, bc.name, where=where)
                 instance = self._build(info.name, info.factory, info.extra, bc)
-                self.pm.register(instance, name=f"backend:{bc.name}")
-                self.backends[bc.name] = instance
+                hooks = backend_hooks(instance, bc.key)
+                self.backends[bc.key] = hooks
                 outboxes.append(Outbox(
-                    bc.name, self._exporter(instance),
-                    Journal(journal_root / bc.name, pipe.journal_max_bytes),
+                    bc.key, _exporter(hooks),
+                    Journal(journal_root / bc.key.replace(":", "_"), pipe.journal_max_bytes),
                     outbox_settings, info.capabilities.can_hold, backend_view(bc.redaction),
                 ))
         except BaseException:
             for box in outboxes:
                 box.close(0.1)
-            for name in list(self.backends):
-                self.pm.unregister(name=f"backend:{name}")
             raise
         cap = config.capture
         redactor = Redactor(cap.redact, [(p.name, p.pattern, p.replacement)
@@ -137,24 +135,6 @@ class Runtime:
                 f"{self.config.source or 'config'}: backends.{name}: {exc}"
             ) from exc
 
-    def _exporter(self, instance: object) -> Any:
-        hooks = {
-            kind: self.pm.subset_hook_caller(
-                f"llmvigil_export_{kind}",
-                remove_plugins=[p for p in self.pm.get_plugins() if p is not instance],
-            )
-            for kind in ("spans", "scores", "session_events", "metrics", "alerts",
-                         "safety_verdicts")
-        }
-        arg = {"spans": "spans", "scores": "scores", "session_events": "events",
-               "metrics": "metrics", "alerts": "alerts", "safety_verdicts": "verdicts"}
-
-        def export(kind: str, records: Sequence[Any]) -> str | None:
-            result = hooks[kind](**{arg[kind]: records})
-            return None if result is None else result.value
-
-        return export
-
     def _enrich(self, record: Any) -> Any:
         svc = self.config.service
         if isinstance(record, Span):
@@ -178,16 +158,26 @@ class Runtime:
     def close(self, timeout_s: float) -> None:
         """Flush and stop the pipeline, then shut every backend down."""
         self.pipeline.close(timeout_s)
-        for name, instance in self.backends.items():
+        for name, hooks in self.backends.items():
             try:
-                hook = self.pm.subset_hook_caller(
-                    "llmvigil_shutdown",
-                    remove_plugins=[p for p in self.pm.get_plugins() if p is not instance],
-                )
-                hook(timeout_s=max(0.5, timeout_s / 4))
+                hooks.llmvigil_shutdown(timeout_s=max(0.5, timeout_s / 4))
             except Exception as exc:
                 _log.warning("llmvigil backend %r shutdown failed: %r", name, exc)
-            self.pm.unregister(name=f"backend:{name}")
+
+
+_HOOK_ARG = {"spans": "spans", "scores": "scores", "session_events": "events",
+             "metrics": "metrics", "alerts": "alerts", "safety_verdicts": "verdicts"}
+
+
+def _exporter(hooks: pluggy.HookRelay) -> Any:
+    """The outbox's export function over one backend's isolated hooks."""
+    callers = {kind: getattr(hooks, f"llmvigil_export_{kind}") for kind in _HOOK_ARG}
+
+    def export(kind: str, records: Sequence[Any]) -> str | None:
+        result = callers[kind](**{_HOOK_ARG[kind]: records})
+        return None if result is None else str(result.value)
+
+    return export
 
 
 def _install(runtime: Runtime) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
     "adapter_infos",
+    "backend_hooks",
     "get_adapter",
     "importer_infos",
     "new_plugin_manager",
@@ -64,6 +65,25 @@ def new_plugin_manager(
     if load_entrypoints:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     return pm
+
+
+def backend_hooks(instance: object, name: str) -> pluggy.HookRelay:
+    """Return the hooks of one backend instance, isolated from every other plugin.
+
+    Each active backend gets a plugin manager of its own holding only that instance,
+    so its outbox calls exactly its export hooks (validated against the hookspecs)
+    and never another backend's.
+
+    Raises:
+        PluginError: the instance's hook implementations do not match the specs.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    try:
+        pm.register(instance, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"backend {name!r}: {exc}") from exc
+    return pm.hook
 
 
 def adapter_infos(pm: pluggy.PluginManager) -> dict[str, AdapterInfo]:

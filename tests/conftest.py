@@ -2,42 +2,23 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from vigil_testing import start
 
 import llmvigil
-from llmvigil.adapters.memory import MemoryBackend, get_memory_backend
-
-_instances = itertools.count()
+from llmvigil.adapters.memory import MemoryBackend
 
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test runs in its own directory with no config from the environment."""
     monkeypatch.chdir(tmp_path)
-    for var in ("VIGIL_CONFIG",):
-        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("VIGIL_CONFIG", raising=False)
     yield
     llmvigil.shutdown(timeout=5)
-
-
-def start(tmp_path: Path, *, backends: list[Any] | None = None, **sections: Any) -> MemoryBackend:
-    """Initialise llmvigil on a fresh memory backend (plus ``backends``) and return it."""
-    name = f"mem{next(_instances)}"
-    pipeline = {"journal_dir": str(tmp_path / "journal"), "flush_interval_s": 0.05,
-                "backoff_initial_s": 0.01, "backoff_max_s": 0.05}
-    pipeline.update(sections.pop("pipeline", {}))
-    llmvigil.init(
-        backends=[{"name": "memory", "instance": name, "redaction": "full"}, *(backends or [])],
-        pipeline=pipeline,
-        store={"path": str(tmp_path / "vigil.db")},
-        **sections,
-    )
-    return get_memory_backend(name)
 
 
 @pytest.fixture

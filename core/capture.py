@@ -341,7 +341,7 @@ def span(name: str, kind: str = "span", **fields: Any) -> Iterator[SpanHandle]:
 
 def _finish(handle: SpanHandle, token: Any, error: BaseException | None,
             output: Any = None, has_output: bool = False) -> None:
-    try:
+    try:  # noqa: SIM105 - contextlib.suppress costs ~0.3 us on the hot path
         _current_reset(token)
     except ValueError:  # reset from another context (a generator resumed elsewhere)
         pass

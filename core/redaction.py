@@ -93,6 +93,14 @@ def find_pii(text: str, categories: Iterable[str] = tuple(CATEGORIES)) -> list[t
     return found
 
 
+def _validated_mask(validate: Callable[[str], bool],
+                    mask: str) -> Callable[[re.Match[str]], str]:
+    def replace(match: re.Match[str]) -> str:
+        return mask if validate(match.group()) else match.group()
+
+    return replace
+
+
 class Redactor:
     """Masks secrets and PII in strings and, recursively, in JSON-like data.
 
@@ -122,11 +130,7 @@ class Redactor:
             if det.validate is None:
                 text = det.pattern.sub(det.mask(), text)
             else:
-                validate = det.validate
-                mask = det.mask()
-                text = det.pattern.sub(
-                    lambda m, v=validate, r=mask: r if v(m.group()) else m.group(), text
-                )
+                text = det.pattern.sub(_validated_mask(det.validate, det.mask()), text)
         return text
 
     def data(self, value: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import pluggy
 
@@ -129,9 +130,9 @@ def get_adapter(pm: pluggy.PluginManager, name: str, *, where: str = "") -> Adap
         raise UnknownBackendError(name, list(infos), where) from None
 
 
-def _collect(pm: pluggy.PluginManager, hook_name: str) -> list[tuple[str, list]]:  # type: ignore[type-arg]
+def _collect(pm: pluggy.PluginManager, hook_name: str) -> list[tuple[str, list[Any]]]:
     """Call a discovery hook on each plugin separately so an error names the plugin."""
-    out = []
+    out: list[tuple[str, list[Any]]] = []
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
         try:
             result = impl.function()

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from vigil_testing import start
-
 import llmvigil
+import pytest
 from llmvigil.adapters.memory import MemoryBackend
+from vigil_testing import start
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import llmvigil
 import numpy as np
 import pytest
-
-import llmvigil
 from llmvigil.adapters.memory import MemoryBackend
 
 

@@ -151,13 +151,13 @@ def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     mem = start(tmp_path, pipeline={"queue_size": 10, "flush_interval_s": 5})
     rt = runtime.get_runtime()
     assert rt is not None
-    rt.pipeline._working = True  # noqa: SLF001 - simulate a worker that is busy
+    rt.pipeline._working = True
     for _ in range(200):
         with llmvigil.span("burst"):
             pass
     st = rt.pipeline.status()
     assert st["dropped_queue_full"] >= 190 - 10
-    rt.pipeline._working = False  # noqa: SLF001
+    rt.pipeline._working = False
     assert llmvigil.flush(5)
     assert len(mem.spans) + rt.pipeline.status()["dropped_queue_full"] == 200
 
@@ -170,7 +170,7 @@ def test_full_queue_spills_to_disk_by_policy(tmp_path: Path) -> None:
     rt = runtime.get_runtime()
     assert rt is not None
     pipe = rt.pipeline
-    pipe._wake.clear()  # noqa: SLF001
+    pipe._wake.clear()
     for i in range(100):
         with llmvigil.span(f"s{i}"):
             pass

@@ -15,7 +15,6 @@ scalar parameters are kept, and of the response headers only ``request-id``.
 from __future__ import annotations
 
 import functools
-import inspect
 import weakref
 from collections.abc import Callable
 from contextvars import Token
@@ -43,7 +42,8 @@ _REQUEST_PARAMS = {
 class _Instrumentation:
     """What the wrappers of one client share: the span fields and the SDK's types."""
 
-    __slots__ = ("async_stream_type", "fields", "message_type", "stream_type")
+    __slots__ = ("async_messages_type", "async_stream_type", "fields", "message_type",
+                 "stream_type")
 
     def __init__(self, fields: dict[str, Any]) -> None:
         import anthropic
@@ -52,6 +52,7 @@ class _Instrumentation:
         self.message_type: type[Any] = anthropic.types.Message
         self.stream_type: type[Any] = anthropic.Stream
         self.async_stream_type: type[Any] = anthropic.AsyncStream
+        self.async_messages_type: type[Any] = anthropic.resources.AsyncMessages
 
 
 def instrument_client(client: Any, fields: dict[str, Any]) -> None:
@@ -67,7 +68,7 @@ def instrument_client(client: Any, fields: dict[str, Any]) -> None:
         state.fields = dict(fields)
         return
     state = _Instrumentation(fields)
-    if inspect.iscoroutinefunction(messages.create):
+    if isinstance(messages, state.async_messages_type):
         messages.create = _wrap_async_create(messages.create, state)
         messages.stream = _wrap_async_stream(messages.stream, state)
     else:
@@ -402,6 +403,14 @@ def _returned(result: Any, handle: capture.SpanHandle, state: _Instrumentation) 
         elif isinstance(result, state.async_stream_type):
             return _AsyncStreamProxy(result, _StreamRecorder(handle))
         else:
+            # The body is parsed later by the caller, out of our sight: no usage or
+            # output, but the span says why.
+            rec = handle.record
+            rec.attributes["anthropic.raw_response"] = True
+            headers = getattr(result, "headers", None)
+            request_id = headers.get(REQUEST_ID_HEADER) if headers is not None else None
+            if isinstance(request_id, str):
+                rec.attributes["anthropic.request_id"] = request_id
             handle.end()
     except Exception as exc:
         capture.internal_error("anthropic.result", exc)

@@ -75,7 +75,8 @@ CAPABILITIES = Capabilities(
         "score source: Langfuse accepts only API, so llmvigil's source is in metadata",
         "scores/verdicts linked to nothing Langfuse can hold (no trace, no session) "
         "are skipped with a warning",
-        "score environment: the backend's 'environment' setting (scores carry none)",
+        "score environment: that of the trace's (or session's) spans seen by this "
+        "process, else the backend's 'environment' setting",
     ),
 )
 
@@ -90,7 +91,24 @@ _RETRYABLE_4XX = frozenset((408, 425, 429))
 _HEX = re.compile(r"[0-9a-f]+")
 _ENV_INVALID = re.compile(r"[^a-z0-9_-]+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_SPAN_TRACE_CACHE = 100_000
+_CACHE_SIZE = 100_000
+
+
+class _Lru:
+    """A bounded mapping that forgets the least recently written key."""
+
+    def __init__(self, size: int) -> None:
+        self._data: collections.OrderedDict[Any, str] = collections.OrderedDict()
+        self._size = size
+
+    def put(self, key: Any, value: str) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        if len(self._data) > self._size:
+            self._data.popitem(last=False)
+
+    def get(self, key: Any) -> str | None:
+        return self._data.get(key)
 
 
 def _setting(settings: Mapping[str, Any], key: str, *env_vars: str) -> str | None:
@@ -230,6 +248,8 @@ def span_attributes(span: Span, environment: str | None = None,
         attrs[A.TRACE_TAGS] = [str(t) for t in span.tags]
     if span.parent_id is None:
         attrs[A.TRACE_NAME] = span.name
+        # Like LangfuseSpanProcessor, which marks the first exported span of a trace.
+        attrs[A.IS_APP_ROOT] = True
     return attrs
 
 
@@ -237,8 +257,8 @@ class LangfuseBackend:
     """Delivers spans, scores, session events and safety verdicts to one Langfuse project.
 
     Settings: ``public_key`` (env ``LANGFUSE_PUBLIC_KEY``), ``secret_key``
-    (``LANGFUSE_SECRET_KEY``), ``host`` (``LANGFUSE_BASE_URL``, ``LANGFUSE_HOST``,
-    default ``https://cloud.langfuse.com``), ``environment``
+    (``LANGFUSE_SECRET_KEY``), ``host`` or ``base_url`` (``LANGFUSE_BASE_URL``,
+    ``LANGFUSE_HOST``, default ``https://cloud.langfuse.com``), ``environment``
     (``LANGFUSE_TRACING_ENVIRONMENT``) and ``release`` (``LANGFUSE_RELEASE``) used for
     spans that carry none, plus ``timeout_s`` and ``service`` from llmvigil.
     """
@@ -253,8 +273,11 @@ class LangfuseBackend:
                 f"{' and '.join(missing)} not set: give it in the backend settings or set "
                 + " / ".join(f"LANGFUSE_{m.upper()}" for m in missing)
             )
-        host = (_setting(settings, "host", "LANGFUSE_BASE_URL", "LANGFUSE_HOST")
-                or _setting(settings, "base_url") or DEFAULT_HOST)
+        host = (_setting(settings, "host")
+                or _setting(settings, "base_url", "LANGFUSE_BASE_URL", "LANGFUSE_HOST")
+                or DEFAULT_HOST)
+        if not host.startswith(("http://", "https://")):
+            raise ValueError(f"host must be an http(s) URL, got {host!r}")
         self.host = host.rstrip("/")
         self.public_key = public_key
         self.timeout_s = float(settings.get("timeout_s", 10.0))
@@ -268,7 +291,10 @@ class LangfuseBackend:
             raise MissingExtraError("langfuse", "langfuse", exc.name or "langfuse") from exc
         self._lock = threading.Lock()
         self._last_status: int | None = None
-        self._span_traces: collections.OrderedDict[str, str] = collections.OrderedDict()
+        # What exported spans taught: a span's trace (feedback given by span id) and the
+        # environment of a trace or session (scores carry none of their own).
+        self._span_traces = _Lru(_CACHE_SIZE)
+        self._environments = _Lru(_CACHE_SIZE)
 
     def _init_sdk(self, public_key: str, secret_key: str, service: str) -> None:
         import httpx
@@ -354,7 +380,7 @@ class LangfuseBackend:
         otel_spans = [self.to_otel(s) for s in spans]
         with self._lock:
             for s in spans:
-                self._remember(s.id, s.trace_id)
+                self._remember(s)
             self._last_status = None
             result = self._exporter.export(otel_spans)
             status = self._last_status
@@ -362,28 +388,31 @@ class LangfuseBackend:
             return ExportResult.SUCCESS
         return _result_for_status(status, f"{len(spans)} spans")
 
-    def _remember(self, span_id: str, trace_id: str) -> None:
-        cache = self._span_traces
-        cache[span_id] = trace_id
-        cache.move_to_end(span_id)
-        if len(cache) > _SPAN_TRACE_CACHE:
-            cache.popitem(last=False)
+    def _remember(self, span: Span) -> None:
+        self._span_traces.put(span.id, span.trace_id)
+        env = langfuse_environment(span.environment) or self.environment
+        if env:
+            self._environments.put(("trace", span.trace_id), env)
+            if span.session_id is not None:
+                self._environments.put(("session", str(span.session_id)), env)
 
     # -- scores, session events, safety verdicts ----------------------------------------
 
     def _target(self, trace_id: str | None, span_id: str | None,
-                session_id: str | None) -> dict[str, str] | None:
-        """The Langfuse ids a score attaches to, or None when nothing can hold it."""
-        if trace_id is None and span_id is not None:
-            with self._lock:
+                session_id: str | None) -> dict[str, str | None] | None:
+        """The Langfuse ids (and environment) a score attaches to; None if nothing can."""
+        with self._lock:
+            if trace_id is None and span_id is not None:
                 trace_id = self._span_traces.get(span_id)
-        if trace_id is not None:
-            target = {"trace_id": trace_hex(trace_id)}
-            if span_id is not None:
-                target["observation_id"] = span_hex(span_id)
-            return target
-        if session_id is not None:
-            return {"session_id": str(session_id)}
+            if trace_id is not None:
+                target = {"trace_id": trace_hex(trace_id),
+                          "environment": self._environments.get(("trace", trace_id))}
+                if span_id is not None:
+                    target["observation_id"] = span_hex(span_id)
+                return target
+            if session_id is not None:
+                return {"session_id": str(session_id),
+                        "environment": self._environments.get(("session", str(session_id)))}
         return None
 
     def _score_request(self, score: Score) -> dict[str, Any] | None:
@@ -409,13 +438,15 @@ class LangfuseBackend:
         return dict(target, id=score.id, name=score.name, value=value, data_type=data_type,
                     comment=score.comment, metadata=metadata, time_ns=score.time_ns)
 
-    def _session_request(self, event: SessionEvent) -> dict[str, Any]:
+    def _session_request(self, event: SessionEvent) -> dict[str, Any] | None:
+        target = self._target(None, None, event.session_id)
+        if target is None:
+            return None
         extra = {"user_id": event.user_id, "feature": event.feature, "trace_id": event.trace_id}
         metadata = {k: v for k, v in extra.items() if v is not None}
         metadata.update(event.metadata)
-        return {"session_id": str(event.session_id), "id": event.id, "name": "session_event",
-                "value": event.event, "data_type": "CATEGORICAL", "metadata": metadata,
-                "time_ns": event.time_ns}
+        return dict(target, id=event.id, name="session_event", value=event.event,
+                    data_type="CATEGORICAL", metadata=metadata, time_ns=event.time_ns)
 
     def _verdict_request(self, verdict: SafetyVerdict) -> dict[str, Any] | None:
         target = self._target(verdict.trace_id, verdict.span_id, None)
@@ -430,27 +461,28 @@ class LangfuseBackend:
 
     def _send_scores(self, items: list[dict[str, Any] | None], what: str) -> ExportResult:
         import httpx
-        from langfuse.api import CreateScoreBatchResults, CreateScoreRequest
+        from langfuse.api import CreateScoreBatchResults, CreateScoreRequest, CreateScoreSource
         from langfuse.api.core.api_error import ApiError
 
         batch = []
-        skipped = 0
+        unlinked = 0
         for item in items:
             if item is None:
-                skipped += 1
+                unlinked += 1
                 continue
-            time_ns = item.pop("time_ns")
+            fields = {k: v for k, v in item.items() if v is not None}
+            fields["timestamp"] = _utc(fields.pop("time_ns"))
+            if "environment" not in fields and self.environment:
+                fields["environment"] = self.environment
             try:
-                batch.append(CreateScoreRequest(
-                    **item, source="API", timestamp=_utc(time_ns),
-                    environment=self.environment,
-                ))
+                # Only fields that are set: the SDK model serialises explicit Nones as null.
+                batch.append(CreateScoreRequest(**fields, source=CreateScoreSource.API))
             except ValueError as exc:  # pydantic's ValidationError: permanent for this one
-                skipped += 1
-                _log.warning("llmvigil langfuse: %s %s not sendable: %s", what, item["id"], exc)
-        if skipped:
+                _log.warning("llmvigil langfuse: %s %s skipped, not a valid Langfuse score: %s",
+                             what, item["id"], exc)
+        if unlinked:
             _log.warning("llmvigil langfuse: %d of %d %s skipped: linked to no trace, "
-                         "span or session Langfuse knows", skipped, len(items), what)
+                         "span or session Langfuse knows", unlinked, len(items), what)
         if not batch:
             return ExportResult.SUCCESS
         try:

@@ -303,11 +303,8 @@ class WandbBackend:
         return ExportResult.SUCCESS
 
     def _log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> ExportResult:
-        import wandb
-
         def log(run: Any) -> None:
-            table = wandb.Table(columns=list[Any](columns), data=rows, allow_mixed_types=True)
-            run.log({key: table, TIME_KEY: time.time()})
+            run.log({key: _table(columns, rows), TIME_KEY: time.time()})
 
         return self._deliver(key, log)
 
@@ -346,15 +343,11 @@ class WandbBackend:
 
     @hookimpl
     def llmvigil_export_alerts(self, alerts: Sequence[Alert]) -> ExportResult:
-        import wandb
-
         send = self.alerts == "always" or (self.alerts == "auto" and self.mode == "online")
         rows = [_alert_row(a) for a in alerts]
 
         def log(run: Any) -> None:
-            run.log({"llmvigil/alerts": wandb.Table(columns=list[Any](ALERT_COLUMNS), data=rows,
-                                                    allow_mixed_types=True),
-                     TIME_KEY: time.time()})
+            run.log({"llmvigil/alerts": _table(ALERT_COLUMNS, rows), TIME_KEY: time.time()})
             last = max(alerts, key=lambda a: a.time_ns)
             run.summary["llmvigil/alerts_total"] = self._alerts_total + len(alerts)
             run.summary["llmvigil/last_alert"] = {
@@ -403,11 +396,25 @@ class WandbBackend:
 
     @hookimpl
     def llmvigil_check(self, timeout_s: float) -> str:
-        with self._lock:
-            run = self._ensure_run()
-            self._confirm(run)
+        """Offline: where runs are written. Online: who the API key belongs to.
+
+        Creates no run and sends no data.
+        """
         where = f"{self.entity}/{self.project}" if self.entity else self.project
-        return f"W&B run {run.id} in {where} ({self.mode})"
+        if self.mode == "offline":
+            return (f"W&B offline runs for {where} under {self.dir or '.'}/wandb "
+                    "(upload with `wandb sync`)")
+        import wandb
+
+        overrides = {"base_url": self.base_url} if self.base_url else None
+        try:
+            api = wandb.Api(overrides=overrides, timeout=max(1, round(timeout_s)),
+                            api_key=self._api_key)
+            user = api.viewer.username
+        except Exception as exc:
+            raise ConnectionError(f"W&B at {self.base_url or 'the default server'}: "
+                                  f"{type(exc).__name__}: {exc}") from None
+        return f"W&B project {where} as {user} ({self.base_url or 'default server'})"
 
     @hookimpl
     def llmvigil_shutdown(self, timeout_s: float) -> None:
@@ -431,6 +438,14 @@ class WandbBackend:
             _log.warning("llmvigil wandb backend: run %s still finishing after %.1fs; "
                          "its .wandb file can be uploaded with `wandb sync`",
                          run.id, timeout_s)
+
+
+def _table(columns: list[str], rows: list[list[Any]]) -> Any:
+    import wandb
+
+    # Mixed types: a column may hold None, int and float (or str and None) across rows.
+    cols: list[Any] = list(columns)
+    return wandb.Table(columns=cols, data=rows, allow_mixed_types=True)
 
 
 def _finish(run: Any) -> None:

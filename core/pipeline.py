@@ -243,6 +243,8 @@ class Pipeline:
                 try:
                     for rec in mon.tick(time.time_ns()) or ():
                         self._add(grouped, rec)
+                        for derived in self._observe(rec, skip=mon):
+                            self._add(grouped, derived)
                 except Exception as exc:
                     self.counters.monitor_errors += 1
                     _log.warning("llmvigil monitor %r tick failed: %r", mon, exc)

@@ -80,6 +80,13 @@ class Runtime:
             backoff_max_s=pipe.backoff_max_s, max_records=pipe.outbox_max_records,
             breaker_failures=pipe.breaker_failures, breaker_reset_s=pipe.breaker_reset_s,
         )
+        from .alerts import AlertsMonitor
+        from .monitors import build_monitors
+
+        where = f"{config.source or 'config'}: "
+        built = build_monitors(config, skip=tuple(type(m) for m in monitors))
+        self.alerts = AlertsMonitor(config.alerts, plugin_manager=self.pm,
+                                    where=f"{where}alerts")
         self.backends: dict[str, pluggy.HookRelay] = {}
         outboxes = []
         try:
@@ -109,7 +116,10 @@ class Runtime:
             Redact(redactor),
             self._enrich,
         ]
-        all_monitors: list[Monitor] = [*monitors, _SelfMetrics(self, pipe.self_metrics_interval_s)]
+        self.monitors: list[Monitor] = [*monitors, *built]
+        all_monitors: list[Monitor] = [
+            *self.monitors, self.alerts, _SelfMetrics(self, pipe.self_metrics_interval_s),
+        ]
         self.pipeline = Pipeline(
             outboxes, processors, queue_size=pipe.queue_size, batch_size=pipe.batch_size,
             flush_interval_s=pipe.flush_interval_s, on_full=pipe.on_full,
@@ -145,10 +155,13 @@ class Runtime:
         return record
 
     def _extra_status(self) -> dict[str, Any]:
+        monitors = {type(m).__name__: m.stats() for m in self.monitors if hasattr(m, "stats")}
+        monitors["alerts"] = self.alerts.stats()
         return {
             "service": self.config.service.name,
             "config": self.config.source,
             "internal_errors": dict(capture.internal_errors),
+            "monitors": monitors,
         }
 
     def submit(self, record: Any) -> None:
@@ -158,6 +171,10 @@ class Runtime:
     def close(self, timeout_s: float) -> None:
         """Flush and stop the pipeline, then shut every backend down."""
         self.pipeline.close(timeout_s)
+        try:
+            self.alerts.close(min(2.0, timeout_s / 4))
+        except Exception as exc:
+            _log.warning("llmvigil alert sinks did not close cleanly: %r", exc)
         for name, hooks in self.backends.items():
             try:
                 hooks.llmvigil_shutdown(timeout_s=max(0.5, timeout_s / 4))

@@ -37,6 +37,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "llmvigil.adapters.local",
     "llmvigil.adapters.console",
     "llmvigil.adapters.memory",
+    "llmvigil.adapters.langfuse",
+    "llmvigil.core.alerts",
 )
 
 

@@ -7,6 +7,7 @@ through the whole pipeline (capture, worker, redaction, outbox).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 from collections.abc import Iterator
@@ -64,9 +65,31 @@ def quick_script(**overrides: Any) -> Any:
 EXPECTED_TEXT = "".join(f"tok{i} " for i in range(DELTAS))
 
 
+def _warm_up(url: str) -> None:
+    """Run every SDK path once, uninstrumented, so the timed tests do not measure the
+    SDK's one-off imports and model building."""
+    kwargs = request_kwargs()
+    with anthropic.Anthropic(api_key=API_KEY, base_url=url, max_retries=0) as c:
+        c.messages.create(**kwargs)
+        list(c.messages.create(stream=True, **kwargs))
+        with c.messages.stream(**kwargs) as stream:
+            stream.get_final_message()
+
+    async def run() -> None:
+        async with anthropic.AsyncAnthropic(api_key=API_KEY, base_url=url,
+                                            max_retries=0) as c:
+            await c.messages.create(**kwargs)
+            [_ async for _ in await c.messages.create(stream=True, **kwargs)]
+            async with c.messages.stream(**kwargs) as stream:
+                await stream.get_final_message()
+
+    asyncio.run(run())
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Any]:
-    with AnthropicServer() as srv:
+    with AnthropicServer(quick_script()) as srv:
+        _warm_up(srv.url)
         yield srv
 
 
@@ -81,14 +104,22 @@ def api(server: Any) -> Any:
 
 @pytest.fixture
 def client(api: Any) -> Iterator[anthropic.Anthropic]:
+    """An instrumented client whose connection is already open."""
     c = anthropic.Anthropic(api_key=API_KEY, base_url=api.url, max_retries=0)
+    c.messages.create(**request_kwargs())
     llmvigil.instrument(c, feature="qa", user_id="u-1")
     yield c
     c.close()
 
 
-def async_client(api: Any) -> anthropic.AsyncAnthropic:
+async def async_client(api: Any) -> anthropic.AsyncAnthropic:
+    """An instrumented async client whose connection is already open.
+
+    The first request of a client on a new event loop spends 10-25 ms opening the
+    connection; that is real latency, but not the server delay the tests compare with.
+    """
     c = anthropic.AsyncAnthropic(api_key=API_KEY, base_url=api.url, max_retries=0)
+    await c.messages.create(**request_kwargs())
     return llmvigil.instrument(c, feature="qa", user_id="u-1")
 
 
@@ -323,7 +354,7 @@ def test_raw_response_calls_are_recorded(memory: MemoryBackend, api: Any,
 
 
 async def test_async_create(memory: MemoryBackend, api: Any) -> None:
-    c = async_client(api)
+    c = await async_client(api)
     with llmvigil.span("request") as parent:
         message = await c.messages.create(**request_kwargs())
     await c.close()
@@ -334,8 +365,8 @@ async def test_async_create(memory: MemoryBackend, api: Any) -> None:
 
 
 async def test_async_create_stream(memory: MemoryBackend, api: Any) -> None:
+    c = await async_client(api)
     api.script = timed_script()
-    c = async_client(api)
     with llmvigil.span("request") as parent:
         stream = await c.messages.create(**request_kwargs(stream=True))
         assert isinstance(stream, anthropic.AsyncStream)
@@ -350,8 +381,8 @@ async def test_async_create_stream(memory: MemoryBackend, api: Any) -> None:
 
 
 async def test_async_messages_stream(memory: MemoryBackend, api: Any) -> None:
+    c = await async_client(api)
     api.script = timed_script()
-    c = async_client(api)
     with llmvigil.span("request") as parent:
         async with c.messages.stream(**request_kwargs()) as stream:
             text = "".join([t async for t in stream.text_stream])
@@ -365,8 +396,8 @@ async def test_async_messages_stream(memory: MemoryBackend, api: Any) -> None:
 
 
 async def test_async_api_error(memory: MemoryBackend, api: Any) -> None:
+    c = await async_client(api)
     api.script = quick_script(error_status=529)
-    c = async_client(api)
     with pytest.raises(anthropic.OverloadedError):
         await c.messages.create(**request_kwargs())
     with pytest.raises(anthropic.OverloadedError):
@@ -379,8 +410,8 @@ async def test_async_api_error(memory: MemoryBackend, api: Any) -> None:
 
 
 async def test_async_stream_closed_early(memory: MemoryBackend, api: Any) -> None:
+    c = await async_client(api)
     api.script = timed_script(tbt_s=0.02)
-    c = async_client(api)
     stream = await c.messages.create(**request_kwargs(stream=True))
     async for event in stream:
         if event.type == "content_block_delta":

@@ -216,21 +216,27 @@ class FeedbackMonitor:
 
     def _on_span(self, span: Span) -> None:
         feature = span.feature
+        root = span.parent_id is None
         if feature is not None and self.settings.link_cache_size:
             self._link(span.id, feature)
-            self._link(span.trace_id, feature)
+            if root:  # the root finishes last: its feature is the trace's
+                self._link(span.trace_id, feature)
         mode = self.settings.requests
-        if (mode == "root" and span.parent_id is not None) or (mode == "llm" and span.kind != "llm"):
+        if (mode == "root" and not root) or (mode == "llm" and span.kind != "llm"):
             return
         t = span.end_ns or span.start_ns
-        self._count(feature or NONE, t, requests=1.0)
+        key = feature or NONE
+        ok = self._recent.incr(key, t, "requests")
+        if self.settings.totals:
+            ok = self._recent.incr(ALL, t, "requests") and ok
+        if not ok:
+            self.ignored_late += 1
 
     def _link(self, key: str, feature: str) -> None:
         links = self._links
-        links[key] = feature
-        links.move_to_end(key)
-        if len(links) > self.settings.link_cache_size:
+        if key not in links and len(links) >= self.settings.link_cache_size:
             links.popitem(last=False)
+        links[key] = feature
 
     def _feature_of(self, score: Score) -> str:
         if score.feature:
@@ -259,11 +265,11 @@ class FeedbackMonitor:
             amounts["pos"] = 1.0
         elif verdict is False:
             amounts["neg"] = 1.0
-        if not self._count(feature, t, **amounts):
-            return
-        if verdict is not None:
+        if verdict is not None:  # before the recent window, which rejects old records
             for key in self._keys(feature):
                 self._baseline.add(key, t, pos=1.0 if verdict else 0.0, n=1.0)
+        if not self._count(feature, t, **amounts):
+            return
         if verdict is False:
             category = score.category or UNCATEGORIZED
             for key in self._keys(feature):
@@ -318,7 +324,7 @@ class FeedbackMonitor:
 
     def _emit(self, now_ns: int) -> list[Metric]:
         out: list[Metric] = []
-        for key in self._recent.keys():
+        for key in self._recent.live_keys():
             feature = str(key)
             pos, neg, fb, req = self._recent.totals(key, now_ns)
             judged = pos + neg
@@ -334,7 +340,7 @@ class FeedbackMonitor:
                                         feature=feature))
             if fb == 0 and req == 0:
                 self._recent.discard(key)  # published its zero once; forget it
-        for key in self._categories.keys():
+        for key in self._categories.live_keys():
             feature, category = cast("tuple[str, str]", key)
             (n,) = self._categories.totals(key, now_ns)
             out.append(self._metric("feedback.negative_by_category", n, now_ns, "1",
@@ -346,7 +352,7 @@ class FeedbackMonitor:
     def _check_drops(self, now_ns: int) -> list[Any]:
         drop = self.settings.drop
         out: list[Any] = []
-        for key in self._recent.keys():
+        for key in self._recent.live_keys():
             feature = str(key)
             pos_r, neg_r, _fb, _req = self._recent.totals(key, now_ns)
             n_r = pos_r + neg_r

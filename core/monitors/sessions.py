@@ -224,9 +224,9 @@ class SessionsMonitor:
 
         out = [Metric(name="sessions.open", value=float(len(self._open)), time_ns=now_ns,
                       labels={"feature": ALL}, unit="1")]
-        for key in self._counters.keys():
+        for key in self._counters.live_keys():
             feature = str(key)
-            t = dict(zip(_FIELDS, self._counters.totals(key, now_ns)))
+            t = dict(zip(_FIELDS, self._counters.totals(key, now_ns), strict=True))
             abandoned = t["timeout"] + t["explicit"] + t["evicted"]
             resolved = t["completed"] + abandoned
             out.append(metric("sessions.started", t["started"], "1", feature=feature))

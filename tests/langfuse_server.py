@@ -1,0 +1,361 @@
+"""A local stand-in for the Langfuse API, decoding the real wire formats.
+
+* ``POST /api/public/otel/v1/traces``: OTLP/HTTP protobuf (gzip or plain), decoded with
+  ``opentelemetry-proto``'s ``ExportTraceServiceRequest``; checked like Langfuse does:
+  Basic auth, protobuf content type, 16/8-byte ids, and for ``langfuse-sdk`` scopes a
+  ``public_key`` scope attribute equal to the authenticated key.
+* ``POST /api/public/scores``: a JSON list, each item validated with the SDK's own
+  ``CreateScoreRequest`` model plus the server-side rules Langfuse documents (a target
+  trace/session, observation only with a trace, value type per ``dataType``, source
+  ``API``/``ANNOTATION``, environment pattern, timestamp with offset); invalid items are
+  rejected with HTTP 207 like the real batch endpoint.
+* ``GET /api/public/projects``: the project of the key.
+
+``mode`` switches failures: ``"ok"``, ``"500"``, ``"429"`` (with ``Retry-After``),
+``"400"``, ``"207"`` (every score rejected), ``"hang"`` (accept, read, never answer
+until released); :meth:`refuse` makes the port refuse connections and :meth:`accept`
+brings the server back on the same port.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import json
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from langfuse.api import CreateScoreRequest
+from langfuse.api.core.pydantic_utilities import parse_obj_as
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+OTEL_PATH = "/api/public/otel/v1/traces"
+SCORES_PATH = "/api/public/scores"
+PROJECTS_PATH = "/api/public/projects"
+SCORE_FIELDS = frozenset((
+    "id", "traceId", "sessionId", "observationId", "datasetRunId", "name", "value",
+    "comment", "metadata", "environment", "queueId", "dataType", "configId", "source",
+    "timestamp",
+))
+_ENV = re.compile(r"^(?!langfuse)[a-z0-9_-]{1,40}$")
+_TZ = re.compile(r"(Z|[+-]\d\d:\d\d)$")
+
+
+@dataclass
+class ReceivedSpan:
+    """One span as it arrived on the OTLP endpoint."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    status_code: int
+    status_message: str
+    scope_name: str
+    scope_version: str
+    scope_attributes: dict[str, Any]
+    resource_attributes: dict[str, Any]
+
+
+@dataclass
+class Attempt:
+    """One request, whatever the server did with it."""
+
+    method: str
+    path: str
+    mode: str
+    headers: dict[str, str]
+    ids: list[str] = field(default_factory=list)
+    status: int | None = None
+
+
+def any_value(value: Any) -> Any:
+    """An OTLP ``AnyValue`` as a Python value."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [any_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
+    return getattr(value, kind)
+
+
+def _attrs(key_values: Any) -> dict[str, Any]:
+    return {kv.key: any_value(kv.value) for kv in key_values}
+
+
+def validate_score(item: Any) -> str | None:
+    """Why Langfuse would reject this score item, or None when it is valid."""
+    if not isinstance(item, dict):
+        return "score must be an object"
+    unknown = set(item) - SCORE_FIELDS
+    if unknown:
+        return f"unknown fields {sorted(unknown)}"
+    try:
+        score = parse_obj_as(CreateScoreRequest, item)
+    except Exception as exc:
+        return f"invalid score: {exc}"
+    if not (score.trace_id or score.session_id or score.dataset_run_id):
+        return "one of traceId, sessionId, datasetRunId is required"
+    if score.observation_id and not score.trace_id:
+        return "observationId requires traceId"
+    data_type = item.get("dataType", "NUMERIC")
+    value = item["value"]
+    if data_type in ("NUMERIC", "BOOLEAN") and not isinstance(value, (int, float)):
+        return f"{data_type} score needs a numeric value"
+    if data_type == "BOOLEAN" and value not in (0, 1):
+        return "BOOLEAN score value must be 0 or 1"
+    if data_type in ("CATEGORICAL", "TEXT") and not isinstance(value, str):
+        return f"{data_type} score needs a string value"
+    if item.get("source", "API") not in ("API", "ANNOTATION"):
+        return "source must be API or ANNOTATION"
+    if item.get("environment") is not None and not _ENV.match(item["environment"]):
+        return "invalid environment"
+    if item.get("timestamp") is not None and not _TZ.search(item["timestamp"]):
+        return "timestamp needs a UTC offset"
+    return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.owner.handle(self, "GET")
+
+    def do_POST(self) -> None:
+        self.server.owner.handle(self, "POST")
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    owner: LangfuseServer
+
+
+class LangfuseServer:
+    """The fake Langfuse; ``url`` is its base URL, ``spans``/``scores`` what it accepted."""
+
+    def __init__(self, public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test") -> None:
+        self.public_key = public_key
+        self.secret_key = secret_key
+        self.mode = "ok"
+        self.lock = threading.Lock()
+        self.spans: list[ReceivedSpan] = []
+        self.scores: list[dict[str, Any]] = []
+        self.attempts: list[Attempt] = []
+        self.requests: list[ExportTraceServiceRequest] = []
+        self._release = threading.Event()
+        self._placeholder: socket.socket | None = None
+        self._httpd: _HTTPServer | None = None
+        self._start(0)
+        assert self._httpd is not None
+        self.port: int = self._httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    # -- control ----------------------------------------------------------------------------
+
+    def _start(self, port: int) -> None:
+        httpd = _HTTPServer(("127.0.0.1", port), _Handler)
+        httpd.owner = self
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        self._httpd = httpd
+
+    def set_mode(self, mode: str) -> None:
+        """Switch to ``ok``, ``500``, ``429``, ``400``, ``207`` or ``hang``; leaving ``hang`` frees
+        the hung requests."""
+        with self.lock:
+            self.mode = mode
+            if mode != "hang":
+                self._release.set()
+                self._release = threading.Event()
+
+    def refuse(self) -> None:
+        """Stop listening; the port stays bound (never listening) so connects are refused."""
+        assert self._httpd is not None
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._httpd = None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self._placeholder = sock
+
+    def accept(self) -> None:
+        """Listen again on the same port, in ``ok`` mode."""
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
+        self.set_mode("ok")
+        if self._httpd is None:
+            self._start(self.port)
+
+    def close(self) -> None:
+        """Free hung requests and stop the server."""
+        self.set_mode("ok")
+        if self._placeholder is not None:
+            self._placeholder.close()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    # -- views ------------------------------------------------------------------------------
+
+    def span_ids(self) -> set[str]:
+        """Ids of every span accepted so far."""
+        with self.lock:
+            return {s.span_id for s in self.spans}
+
+    def spans_by_id(self) -> dict[str, ReceivedSpan]:
+        """The last accepted version of every span, by span id."""
+        with self.lock:
+            return {s.span_id: s for s in self.spans}
+
+    def scores_by_id(self) -> dict[str, dict[str, Any]]:
+        """The last accepted version of every score, by score id (Langfuse upserts)."""
+        with self.lock:
+            return {s["id"]: s for s in self.scores}
+
+    # -- request handling ------------------------------------------------------------------
+
+    def _authorized(self, h: _Handler) -> bool:
+        expected = base64.b64encode(f"{self.public_key}:{self.secret_key}".encode()).decode()
+        return h.headers.get("Authorization") == f"Basic {expected}"
+
+    def handle(self, h: _Handler, method: str) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
+        with self.lock:
+            mode = self.mode
+            release = self._release
+            attempt = Attempt(method, h.path, mode, dict(h.headers.items()))
+            self.attempts.append(attempt)
+        if h.path == SCORES_PATH:
+            with contextlib.suppress(Exception):
+                attempt.ids = [i.get("id") for i in json.loads(body)]
+        if mode == "hang":
+            release.wait(30)
+            h.close_connection = True
+            return
+        if mode == "207" and h.path == SCORES_PATH:  # Langfuse's partial-rejection answer
+            self._reply_json(h, attempt, 207, {
+                "accepted": 0, "rejected": len(attempt.ids),
+                "errors": [{"message": "test mode 207"}] * len(attempt.ids)})
+            return
+        if mode in ("500", "429", "400"):
+            extra = {"Retry-After": "1"} if mode == "429" else {}
+            self._reply_json(h, attempt, int(mode), {"message": f"test mode {mode}"}, extra)
+            return
+        if not self._authorized(h):
+            self._reply_json(h, attempt, 401, {"message": "Invalid credentials"})
+            return
+        if method == "POST" and h.path == OTEL_PATH:
+            self._traces(h, attempt, body)
+        elif method == "POST" and h.path == SCORES_PATH:
+            self._scores(h, attempt, body)
+        elif method == "GET" and h.path == PROJECTS_PATH:
+            self._reply_json(h, attempt, 200, {"data": [{
+                "id": "proj-test", "name": "llmvigil-test", "metadata": {},
+                "organization": {"id": "org-test", "name": "test org"},
+            }]})
+        else:
+            self._reply_json(h, attempt, 404, {"message": "not found"})
+
+    def _traces(self, h: _Handler, attempt: Attempt, body: bytes) -> None:
+        if h.headers.get("Content-Type") != "application/x-protobuf":
+            self._reply_json(h, attempt, 415, {"message": "expected application/x-protobuf"})
+            return
+        if h.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        request = ExportTraceServiceRequest()
+        try:
+            request.ParseFromString(body)
+        except Exception as exc:
+            self._reply_json(h, attempt, 400, {"message": f"bad protobuf: {exc}"})
+            return
+        received = []
+        for resource_spans in request.resource_spans:
+            resource = _attrs(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                scope = scope_spans.scope
+                scope_attrs = _attrs(scope.attributes)
+                if (scope.name.startswith("langfuse-sdk")
+                        and scope_attrs.get("public_key") != self.public_key):
+                    self._reply_json(h, attempt, 403, {"message": "public key mismatch"})
+                    return
+                for s in scope_spans.spans:
+                    if len(s.trace_id) != 16 or len(s.span_id) != 8 or len(
+                            s.parent_span_id) not in (0, 8):
+                        self._reply_json(h, attempt, 400, {"message": "bad ids"})
+                        return
+                    received.append(ReceivedSpan(
+                        trace_id=s.trace_id.hex(), span_id=s.span_id.hex(),
+                        parent_span_id=s.parent_span_id.hex(), name=s.name,
+                        start_ns=s.start_time_unix_nano, end_ns=s.end_time_unix_nano,
+                        attributes=_attrs(s.attributes), status_code=s.status.code,
+                        status_message=s.status.message, scope_name=scope.name,
+                        scope_version=scope.version, scope_attributes=scope_attrs,
+                        resource_attributes=resource,
+                    ))
+        with self.lock:
+            self.requests.append(request)
+            self.spans.extend(received)
+        attempt.ids = [r.span_id for r in received]
+        attempt.status = 200
+        data = ExportTraceServiceResponse().SerializeToString()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/x-protobuf")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _scores(self, h: _Handler, attempt: Attempt, body: bytes) -> None:
+        if not (h.headers.get("Content-Type") or "").startswith("application/json"):
+            self._reply_json(h, attempt, 400, {"message": "expected JSON"})
+            return
+        try:
+            items = json.loads(body)
+        except ValueError:
+            self._reply_json(h, attempt, 400, {"message": "invalid JSON"})
+            return
+        if not isinstance(items, list):
+            self._reply_json(h, attempt, 400, {"message": "expected a list of scores"})
+            return
+        errors = [e for e in (validate_score(i) for i in items) if e]
+        accepted = [i for i in items if validate_score(i) is None]
+        with self.lock:
+            self.scores.extend(accepted)
+        if errors:
+            self._reply_json(h, attempt, 207, {"accepted": len(accepted),
+                                               "rejected": len(errors),
+                                               "errors": [{"message": e} for e in errors]})
+        else:
+            self._reply_json(h, attempt, 202, {"message": "Accepted"})
+
+    @staticmethod
+    def _reply_json(h: _Handler, attempt: Attempt, status: int, payload: Any,
+                    headers: dict[str, str] | None = None) -> None:
+        attempt.status = status
+        data = json.dumps(payload).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            h.send_header(key, value)
+        h.end_headers()
+        h.wfile.write(data)

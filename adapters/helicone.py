@@ -217,6 +217,8 @@ class HeliconeBackend:
         self.not_sent: collections.Counter[str] = collections.Counter()
         #: Records Helicone refused permanently (4xx), by endpoint.
         self.rejected: collections.Counter[str] = collections.Counter()
+        #: The last delivery failure (``None`` after a success).
+        self.last_error: str | None = None
 
     def __repr__(self) -> str:
         return f"<HeliconeBackend base_url={self.base_url!r} api_url={self.api_url!r}>"
@@ -229,19 +231,24 @@ class HeliconeBackend:
         try:
             r = self._client.post(url, content=content, headers=dict(headers), timeout=timeout)
         except self._httpx.HTTPError as exc:
-            _log.warning("llmvigil helicone backend: %s: %s: %s", what, type(exc).__name__,
-                         exc)
+            self._warn(f"{what}: {type(exc).__name__}: {exc}")
             return ExportResult.RETRY
         if r.status_code in (408, 429) or r.status_code >= 500:
-            _log.warning("llmvigil helicone backend: %s: HTTP %s", what, r.status_code)
+            self._warn(f"{what}: HTTP {r.status_code}")
             return ExportResult.RETRY
         error = _result_error(r)
         if r.status_code >= 300 or error is not None:
             self.rejected[what] += 1
-            _log.warning("llmvigil helicone backend: %s refused: HTTP %s %s", what,
-                         r.status_code, (error or r.text)[:300])
+            self._warn(f"{what} refused: HTTP {r.status_code} {(error or r.text)[:300]}")
             return ExportResult.FAILURE
+        self.last_error = None
         return ExportResult.SUCCESS
+
+    def _warn(self, message: str) -> None:
+        """Log a failure once, not at every retry of the same outage."""
+        if message != self.last_error:
+            _log.warning("llmvigil helicone backend: %s", message)
+        self.last_error = message
 
     def _send_all(self, what: str,
                   items: Sequence[tuple[str, str, Any, Mapping[str, str]]]) -> ExportResult:
@@ -272,11 +279,11 @@ class HeliconeBackend:
         if len(self._recent) > _REMEMBER:
             self._recent.popitem(last=False)
 
-    def _skip(self, reason: str, count: int = 1) -> None:
+    def _skip(self, reason: str) -> None:
         if not self.not_sent[reason]:
             _log.warning("llmvigil helicone backend: not sent (Helicone cannot hold it): %s",
                          reason.replace("_", " "))
-        self.not_sent[reason] += count
+        self.not_sent[reason] += 1
 
     # -- spans ----------------------------------------------------------------------------
 
@@ -362,6 +369,11 @@ class HeliconeBackend:
             raise PermissionError(f"Helicone refused the API key (HTTP {r.status_code}); "
                                   "check api_key / HELICONE_API_KEY")
         return f"Helicone logging to {self.base_url}, API {self.api_url}"
+
+    @hookimpl
+    def llmvigil_flush(self, timeout_s: float) -> bool:
+        """Nothing is buffered here: every export delivers before it returns."""
+        return True
 
     @hookimpl
     def llmvigil_shutdown(self, timeout_s: float) -> None:

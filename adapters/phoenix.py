@@ -158,7 +158,7 @@ class PhoenixBackend:
     ``api_key`` (env ``PHOENIX_API_KEY``), ``project`` (env ``PHOENIX_PROJECT`` or
     ``PHOENIX_PROJECT_NAME``, default ``default``), ``headers`` (env
     ``PHOENIX_CLIENT_HEADERS``), ``compression``
-    (``gzip`` default), ``annotation_wait_s`` (900), plus ``timeout_s`` and
+    (``gzip`` default), ``annotation_wait_s`` (30), plus ``timeout_s`` and
     ``service`` from llmvigil.
     """
 
@@ -182,7 +182,7 @@ class PhoenixBackend:
         self.project = str(settings.get("project") or os.environ.get("PHOENIX_PROJECT")
                            or os.environ.get("PHOENIX_PROJECT_NAME") or "default")
         self.timeout_s = float(settings.get("timeout_s", 10.0))
-        self.annotation_wait_s = float(settings.get("annotation_wait_s", 900.0))
+        self.annotation_wait_s = float(settings.get("annotation_wait_s", 30.0))
         raw_headers = settings.get("headers") or get_env_client_headers() or {}
         if not isinstance(raw_headers, Mapping):
             raise ValueError("headers: expected a mapping of header name to value")
@@ -326,8 +326,8 @@ class PhoenixBackend:
                 _log.warning("phoenix: %s annotations refused: HTTP %s %s", kind,
                              response.status_code, response.text[:200])
                 return self._otel.classify_status(response.status_code)
-            present = [a for a in items if a[key] not in missing]
-            if present:
+            present = [a for a in items if str(a[key]).strip() not in missing]
+            if len(present) < len(items) and present:
                 result = self._annotate(kind, present)
                 if result is not ExportResult.SUCCESS:
                     return result

@@ -223,6 +223,11 @@ class WandbBackend:
             raise ConfigError(
                 "backends.wandb: mode 'weave' (W&B Weave traces) is not implemented; "
                 "use mode 'online' or 'offline'")
+        if self.mode == "dryrun":  # wandb's older name for offline
+            self.mode = "offline"
+        if self.mode == "disabled":
+            raise ConfigError("backends.wandb: mode 'disabled' (from WANDB_MODE?): to turn "
+                              "the backend off, set `enabled: false` on it instead")
         if self.mode not in _MODES:
             raise ConfigError(
                 f"backends.wandb: mode must be one of {', '.join(_MODES)}, got {self.mode!r}")
@@ -246,6 +251,8 @@ class WandbBackend:
         self._run: Any = None
         self._lock = threading.Lock()
         self._alerts_total = 0
+        #: The last delivery failure (``None`` after a success).
+        self.last_error: str | None = None
 
     def __repr__(self) -> str:
         return (f"<WandbBackend project={self.project!r} entity={self.entity!r} "
@@ -297,10 +304,16 @@ class WandbBackend:
                 fn(run)
                 self._confirm(run)
             except Exception as exc:
-                _log.warning("llmvigil wandb backend: %s not delivered: %s: %s",
-                             what, type(exc).__name__, exc)
+                self._warn(f"{what} not delivered: {type(exc).__name__}: {exc}")
                 return ExportResult.RETRY
+        self.last_error = None
         return ExportResult.SUCCESS
+
+    def _warn(self, message: str) -> None:
+        """Log a failure once, not at every retry of the same outage."""
+        if message != self.last_error:
+            _log.warning("llmvigil wandb backend: %s", message)
+        self.last_error = message
 
     def _log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> ExportResult:
         def log(run: Any) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -236,22 +237,30 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _tokens(n: Any) -> str:
+    n = int(n or 0)
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else str(n)
+
+
 def _print_report(data: dict[str, Any]) -> None:
-    table = Table(title="llmvigil report")
-    for col in ("feature", "requests", "errors", "error rate", "p50 s", "p95 s", "TTFT s",
-                "in tok", "out tok", "cache tok", "cost $"):
-        table.add_column(col, justify="left" if col == "feature" else "right")
+    table = Table(title="llmvigil report", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+                  caption="requests = root spans; latency in seconds; TTFT = mean time to "
+                          "first token of streamed calls")
+    table.add_column("feature", no_wrap=True)
+    for col in ("req", "err", "p50", "p95", "TTFT", "in", "out", "cached", "USD"):
+        table.add_column(col, justify="right", no_wrap=True)
     rows = list(data.get("features", {}).items())
     if "totals" in data:
         rows.append(("[bold]all[/]", data["totals"]))
     for name, f in rows:
         table.add_row(
-            name, str(f.get("requests", 0)), str(f.get("errors", 0)),
-            _fmt(f.get("error_rate"), ".1%"), _fmt(f.get("latency_p50_s"), ".3f"),
-            _fmt(f.get("latency_p95_s"), ".3f"), _fmt(f.get("ttft_mean_s"), ".3f"),
-            str(f.get("input_tokens", 0)), str(f.get("output_tokens", 0)),
-            str(f.get("cache_read_tokens", 0) + f.get("cache_write_tokens", 0)),
-            _fmt(f.get("cost_usd"), ".4f"),
+            name, str(f.get("requests", 0)), _fmt(f.get("error_rate"), ".1%"),
+            _fmt(f.get("latency_p50_s"), ".2f"), _fmt(f.get("latency_p95_s"), ".2f"),
+            _fmt(f.get("ttft_mean_s"), ".2f"), _tokens(f.get("input_tokens")),
+            _tokens(f.get("output_tokens")),
+            _tokens(f.get("cache_read_tokens", 0) + f.get("cache_write_tokens", 0)),
+            "-" if not f.get("cost_usd") and f.get("unpriced_llm_spans")
+            else _fmt(f.get("cost_usd"), ".4f"),
         )
     out.print(table)
 

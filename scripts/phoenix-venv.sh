@@ -23,6 +23,7 @@ EOF
 }
 
 if [ -x "$VENV/bin/phoenix" ] && [ "$(installed_version)" = "$PHOENIX_VERSION" ]; then
+    [ -f "$VENV/.gitignore" ] || echo '*' > "$VENV/.gitignore"
     echo "phoenix-venv: arize-phoenix $PHOENIX_VERSION already in $VENV"
     exit 0
 fi
@@ -30,6 +31,9 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
+# Keep the venv out of git, ruff and other tools that honour .gitignore (what
+# `python -m venv` itself does from Python 3.13 on).
+[ -f "$VENV/.gitignore" ] || echo '*' > "$VENV/.gitignore"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet "arize-phoenix==$PHOENIX_VERSION"
 echo "phoenix-venv: installed arize-phoenix $(installed_version) in $VENV"

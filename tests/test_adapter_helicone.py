@@ -7,6 +7,7 @@ The wire format is also checked against the vendor's own Python manual logger
 from __future__ import annotations
 
 import importlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from helicone_server import API_KEY, HeliconeServer, free_port
 from llmvigil.adapters.helicone import HeliconeBackend, log_body, request_id
 from llmvigil.core import runtime
-from llmvigil.core.errors import ConfigError
+from llmvigil.core.errors import ConfigError, MissingExtraError
 from llmvigil.core.model import Span, Usage
 from llmvigil.plugins.manager import new_plugin_manager
 from vigil_testing import start
@@ -293,6 +294,14 @@ def test_settings_env_fallback_and_check(
         "https://api.worker.helicone.ai", "https://api.helicone.ai")
     for b in (good, bad, down, defaults):
         b.llmvigil_shutdown(timeout_s=1)
+
+
+def test_missing_httpx_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "httpx", None)  # what an absent package looks like
+    with pytest.raises(MissingExtraError, match=r"pip install 'llmvigil\[helicone\]'"):
+        start_helicone(tmp_path, "http://127.0.0.1:9")
 
 
 def test_request_ids_are_stable_uuids() -> None:

@@ -210,9 +210,13 @@ def test_trace_tree_scores_and_session_events_arrive_field_by_field(
     event_rec = llmvigil.session_event("conv-1", "task_complete", trace_id=root.trace_id)
     assert thumbs is not None and judge is not None and event_rec is not None
     assert llmvigil.flush(10)
-    assert server.wait_for(lambda s: len(s.feedback) == 3)
+    wanted = {"user_feedback", "date_accuracy", "session_event:task_complete"}
+    assert server.wait_for(lambda s: wanted <= {
+        f["key"] + (f":{f['value']}" if f["key"] == "session_event" else "")
+        for f in s.feedback.values()})
     project_id = server.projects[PROJECT]["id"]
-    by_key = {f["key"]: f for f in server.feedback.values()}
+    by_key = {f["key"]: f for f in server.feedback.values()
+              if f["key"] != "session_event" or f.get("value") == "task_complete"}
     fb = by_key["user_feedback"]
     assert (fb["run_id"], fb["trace_id"], fb["session_id"]) == (trace, trace, project_id)
     assert fb["score"] == 0.0 and fb["comment"] == "wrong date"
@@ -261,8 +265,8 @@ def test_metrics_are_not_held_and_counted(tmp_path: Path, server: LangSmithServe
     memory = start_with_langsmith(tmp_path, server)
     emit_metric("cost_usd_per_hour", 1.5, feature="search")
     assert llmvigil.flush(10)
-    assert [m.name for m in memory.metrics] == ["cost_usd_per_hour"]
-    assert outbox_status()["cannot_hold"] >= 1
+    assert "cost_usd_per_hour" in [m.name for m in memory.metrics]
+    assert outbox_status()["cannot_hold"] >= len(memory.metrics)
     assert server.requests == []
 
 

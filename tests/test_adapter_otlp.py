@@ -69,6 +69,7 @@ class Collector:
         self.spans: list[tuple[dict[str, Any], str, Any]] = []  # (resource, scope, span)
         self.metrics: list[tuple[dict[str, Any], Any]] = []  # (resource, metric)
         self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
         self.release = threading.Event()
         self.lock = threading.Lock()
         collector = self
@@ -81,6 +82,7 @@ class Collector:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with collector.lock:
                     collector.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    collector.paths.append(self.path)
                 mode = collector.mode
                 if mode == "hang":
                     collector.release.wait(10)
@@ -302,7 +304,9 @@ def test_permanent_rejection_is_dropped_not_retried(tmp_path: Path,
         pass
     assert llmvigil.flush(10)
     c = outbox().counters
-    assert (c.dropped, c.journaled, c.retried) == (1, 0, 0)
+    # Metrics the monitors publish are refused the same way, so count span posts.
+    assert collector.paths.count("/v1/traces") == 1
+    assert c.dropped >= 1 and (c.journaled, c.retried) == (0, 0)
     assert len(memory.spans) == 1
     assert "content-encoding" not in collector.headers[0]
 

@@ -124,7 +124,8 @@ def test_records_land_in_the_offline_run(tmp_path: Path, wandb_env: Path) -> Non
     }], plugin_manager=plugin_manager())
     ids = emit_everything()
     assert llmvigil.flush(30)
-    assert len(memory.spans) == 2 and len(memory.metrics) == 3
+    assert len(memory.spans) == 2
+    assert len([m for m in memory.metrics if m.time_ns in (T0, T0 + 60 * 10**9)]) == 3
     llmvigil.shutdown(timeout=30)
 
     run = run_dir(wandb_env)
@@ -234,6 +235,7 @@ def test_metric_keys_and_rows() -> None:
 @pytest.mark.parametrize(("settings", "message"), [
     ({"mode": "weave"}, "mode 'weave' (W&B Weave traces) is not implemented"),
     ({"mode": "shared"}, "mode must be one of online, offline"),
+    ({"mode": "disabled"}, "set `enabled: false` on it instead"),
     ({"mode": "offline", "alerts": "sometimes"}, "alerts must be one of auto, always"),
 ])
 def test_bad_settings_are_config_errors(
@@ -308,8 +310,10 @@ def test_unreachable_server_journals_without_slowing_the_app(
         time.sleep(0.01)
     assert max(latencies) < 0.05, latencies
     assert llmvigil.flush(30)
-    assert len(memory.spans) == 10 and len(memory.metrics) == 10
+    assert len(memory.spans) == 10
+    assert len([m for m in memory.metrics if m.name == "m"]) == 10
     rt = runtime.get_runtime()
     assert rt is not None
     counts = rt.pipeline.status()["backends"]["wandb"]
-    assert counts["delivered"] == 0 and counts["journaled"] == 20
+    assert counts["delivered"] == 0
+    assert counts["journaled"] == counts["offered"] >= 20

@@ -79,7 +79,8 @@ def _warm_up(url: str) -> None:
         async with anthropic.AsyncAnthropic(api_key=API_KEY, base_url=url,
                                             max_retries=0) as c:
             await c.messages.create(**kwargs)
-            [_ async for _ in await c.messages.create(stream=True, **kwargs)]
+            async for _ in await c.messages.create(stream=True, **kwargs):
+                pass
             async with c.messages.stream(**kwargs) as stream:
                 await stream.get_final_message()
 

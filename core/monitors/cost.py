@@ -196,8 +196,11 @@ class RollingSums:
             return 0.0
         newest = now_ns // self.bucket_ns - skip
         oldest = newest - (buckets or self.buckets) + 1
-        epochs, sums = ring
-        return sum(sums[i] for i in range(self.buckets) if oldest <= epochs[i] <= newest)
+        out = 0.0
+        for epoch, amount in zip(ring[0], ring[1], strict=True):
+            if oldest <= epoch <= newest:
+                out += amount
+        return out
 
 
 class SpaceSaving:
@@ -466,16 +469,15 @@ class CostMonitor:
                 self._day_users.add(user, cost)
                 self._users.add(user, t, cost)
                 user_hour = self._users.total(user, self._now_ns)
-            day_total = self._day_total
-            feature_total = self._day_features.get(feature, 0.0)
-        b = s.budgets
-        now = self._now_ns
-        if b.global_usd_per_day is not None:
-            out.extend(self._budget_alerts("global", None, day_total, b.global_usd_per_day, now))
-        limit = b.features_usd_per_day.get(feature)
-        if limit is not None:
-            out.extend(self._budget_alerts(f"feature:{feature}", feature, feature_total, limit,
-                                           now))
+            b = s.budgets
+            now = self._now_ns
+            if b.global_usd_per_day is not None:
+                out.extend(self._budget_alerts("global", None, self._day_total,
+                                               b.global_usd_per_day, now))
+            limit = b.features_usd_per_day.get(feature)
+            if limit is not None:
+                out.extend(self._budget_alerts(f"feature:{feature}", feature,
+                                               self._day_features.get(feature, 0.0), limit, now))
         if user is not None and b.user_usd_per_hour is not None \
                 and user_hour >= b.user_usd_per_hour:
             last = self._user_alerted.get(user)
@@ -497,6 +499,7 @@ class CostMonitor:
 
     def _budget_alerts(self, scope: str, feature: str | None, spent: float, limit: float,
                        now: int) -> list[Alert]:
+        """Alerts for the levels of a daily budget reached for the first time today."""
         out = []
         for level in self.settings.budgets.alert_at:
             if spent >= level * limit and (scope, level) not in self._fired_budget:

@@ -61,8 +61,13 @@ def instrument_client(client: Any, fields: dict[str, Any]) -> None:
 
     Instrumenting a client again replaces its fields; clients derived from it with
     ``with_options()``/``copy()`` are instrumented with the same fields.
+
+    Raises:
+        TypeError: the client has no ``messages`` resource.
     """
-    messages = client.messages
+    messages = getattr(client, "messages", None)
+    if messages is None:
+        raise TypeError(f"{type(client).__qualname__} has no messages API to instrument")
     state: _Instrumentation | None = getattr(messages, "_llmvigil", None)
     if state is not None:
         state.fields = dict(fields)

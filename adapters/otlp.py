@@ -305,7 +305,8 @@ class OtlpBackend:
                 attributes=attrs, start_time_unix_nano=start, time_unix_nano=m.time_ns,
                 value=m.value))
         otel_metrics = [
-            OtelMetric(name=f"llmvigil.{name}", description=None, unit=unit,
+            OtelMetric(name=name if name.startswith("llmvigil.") else f"llmvigil.{name}",
+                       description=None, unit=unit,
                        data=Gauge(data_points=dps))
             for (name, unit), dps in points.items()
         ]

@@ -38,6 +38,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "llmvigil.adapters.console",
     "llmvigil.adapters.memory",
     "llmvigil.adapters.langfuse",
+    "llmvigil.adapters.wandb",
+    "llmvigil.adapters.helicone",
     "llmvigil.core.alerts",
 )
 

@@ -37,6 +37,7 @@ langsmith_adapter = importlib.import_module(MODULE)
 LangSmithBackend = langsmith_adapter.LangSmithBackend
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 PROJECT = "vigil-tests"
+Make = Callable[..., Any]
 
 
 # -- helpers: the documented mapping, written out independently --------------------------
@@ -96,9 +97,19 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
     return predicate()
 
 
-def backend(server: LangSmithServer, **settings: Any) -> Any:
-    return LangSmithBackend({"api_key": server.api_key, "endpoint": server.url,
-                             "project": PROJECT, "timeout_s": 1.0, **settings})
+@pytest.fixture
+def make_backend() -> Iterator[Callable[..., Any]]:
+    """Builds backends outside llmvigil's runtime (to drive their hooks directly)."""
+    built: list[Any] = []
+
+    def make(server: LangSmithServer, **settings: Any) -> Any:
+        built.append(LangSmithBackend({"api_key": server.api_key, "endpoint": server.url,
+                                       "project": PROJECT, "timeout_s": 1.0, **settings}))
+        return built[-1]
+
+    yield make
+    for be in built:
+        be.llmvigil_shutdown(timeout_s=0.5)
 
 
 def span(trace_id: str, parent: Span | None, name: str, start_ms: int, **fields: Any) -> Span:
@@ -273,19 +284,21 @@ def test_metrics_are_not_held_and_counted(tmp_path: Path, server: LangSmithServe
 # -- ids, lineage and re-delivery ----------------------------------------------------------
 
 
-def test_redelivery_upserts_the_same_runs_and_feedback(server: LangSmithServer) -> None:
+def test_redelivery_upserts_the_same_runs_and_feedback(
+    server: LangSmithServer, make_backend: Make
+) -> None:
     t = new_trace_id()
     root = span(t, None, "root", 0)
     child = span(t, root, "child", 10, kind="llm", usage=Usage(input_tokens=3))
     score = Score(name="user_feedback", trace_id=t, span_id=child.id, value=1.0)
-    first = backend(server)
+    first = make_backend(server)
     assert first.llmvigil_export_spans([child, root]) is ExportResult.SUCCESS
     assert first.llmvigil_export_scores([score]) is ExportResult.SUCCESS
     before = {k: dict(v) for k, v in server.runs.items()}
 
     assert first.llmvigil_export_spans([child, root]) is ExportResult.SUCCESS
     # A new process (empty memory) replaying its journal sends the very same runs...
-    again = backend(server)
+    again = make_backend(server)
     assert again.llmvigil_export_spans([child, root]) is ExportResult.SUCCESS
     assert server.runs == before
     assert sorted(server.run_posts) == sorted([ls_run(child), ls_run(root)] * 3)
@@ -296,13 +309,15 @@ def test_redelivery_upserts_the_same_runs_and_feedback(server: LangSmithServer) 
     assert server.invalid == []
 
 
-def test_children_exported_before_their_parents(server: LangSmithServer) -> None:
+def test_children_exported_before_their_parents(
+    server: LangSmithServer, make_backend: Make
+) -> None:
     t = new_trace_id()
     trace = ls_trace(t)
     root = span(t, None, "root", 0)
     agent = span(t, root, "agent", 10, kind="agent")
     tool = span(t, agent, "tool", 20, kind="tool")
-    be = backend(server)
+    be = make_backend(server)
     # Spans end child first: each batch misses the parent of what it carries.
     for batch in ([tool], [agent], [root]):
         assert be.llmvigil_export_spans(batch) is ExportResult.SUCCESS
@@ -340,8 +355,10 @@ def test_children_exported_before_their_parents(server: LangSmithServer) -> None
     assert server.invalid == []
 
 
-def test_lineage_is_bounded_and_cycles_do_not_loop(server: LangSmithServer) -> None:
-    be = backend(server, lineage_size=3)
+def test_lineage_is_bounded_and_cycles_do_not_loop(
+    server: LangSmithServer, make_backend: Make
+) -> None:
+    be = make_backend(server, lineage_size=3)
     t = new_trace_id()
     a = span(t, None, "a", 0)
     b = span(t, a, "b", 1)
@@ -364,9 +381,9 @@ def test_non_hex_ids_map_to_stable_uuids() -> None:
 
 
 def test_feedback_for_a_run_that_never_arrives_lands_on_the_project(
-    server: LangSmithServer
+    server: LangSmithServer, make_backend: Make
 ) -> None:
-    be = backend(server, orphan_feedback_after_s=0)
+    be = make_backend(server, orphan_feedback_after_s=0)
     t = new_trace_id()
     assert be.llmvigil_export_spans([span(new_trace_id(), None, "other", 0)]) is (
         ExportResult.SUCCESS)  # the project exists
@@ -464,9 +481,9 @@ def test_server_decodes_compressed_multipart(server: LangSmithServer, encoding: 
 ])
 def test_http_statuses_map_to_export_results(
     server: LangSmithServer, status: int, expected: ExportResult,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, make_backend: Make,
 ) -> None:
-    be = backend(server)
+    be = make_backend(server)
     server.fail(status, retry_after=30 if status == 429 else None)
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING):
@@ -475,8 +492,10 @@ def test_http_statuses_map_to_export_results(
     assert server.api_key not in caplog.text and server.api_key[-6:] not in caplog.text
 
 
-def test_a_hanging_endpoint_is_cut_at_the_timeout(server: LangSmithServer) -> None:
-    be = backend(server, timeout_s=0.5)
+def test_a_hanging_endpoint_is_cut_at_the_timeout(
+    server: LangSmithServer, make_backend: Make
+) -> None:
+    be = make_backend(server, timeout_s=0.5)
     server.hang()
     t0 = time.monotonic()
     assert be.llmvigil_export_spans([span(new_trace_id(), None, "r", 0)]) is (
@@ -532,7 +551,7 @@ def test_outage_is_journaled_then_redelivered(
 
 
 def test_settings_fall_back_to_the_vendor_env_vars(
-    server: LangSmithServer, monkeypatch: pytest.MonkeyPatch
+    server: LangSmithServer, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     monkeypatch.delenv("LANGSMITH_API_KEY", raising=False)
     monkeypatch.setenv("LANGCHAIN_API_KEY", server.api_key)
@@ -540,6 +559,7 @@ def test_settings_fall_back_to_the_vendor_env_vars(
     monkeypatch.delenv("LANGSMITH_PROJECT", raising=False)
     monkeypatch.delenv("LANGCHAIN_PROJECT", raising=False)
     be = LangSmithBackend({"service": "checkout", "timeout_s": 1.0})
+    request.addfinalizer(lambda: be.llmvigil_shutdown(timeout_s=0.5))
     assert (be.endpoint, be.project) == (server.url, "checkout")
     assert server.api_key not in repr(be)
     assert be.llmvigil_export_spans([span(new_trace_id(), None, "r", 0)]) is (
@@ -548,9 +568,10 @@ def test_settings_fall_back_to_the_vendor_env_vars(
 
     monkeypatch.setenv("LANGSMITH_API_KEY", "lsv2_wrong")
     monkeypatch.setenv("LANGSMITH_PROJECT", "from-env")
-    be = LangSmithBackend({"service": "checkout", "timeout_s": 1.0})
-    assert be.project == "from-env"
-    assert be.llmvigil_export_spans([span(new_trace_id(), None, "r", 0)]) is (
+    be2 = LangSmithBackend({"service": "checkout", "timeout_s": 1.0})
+    request.addfinalizer(lambda: be2.llmvigil_shutdown(timeout_s=0.5))
+    assert be2.project == "from-env"
+    assert be2.llmvigil_export_spans([span(new_trace_id(), None, "r", 0)]) is (
         ExportResult.FAILURE)  # LANGSMITH_API_KEY wins over LANGCHAIN_API_KEY: 401
 
     for name in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGSMITH_ENDPOINT"):
@@ -560,13 +581,15 @@ def test_settings_fall_back_to_the_vendor_env_vars(
         LangSmithBackend({"service": "checkout"})
 
 
-def test_check_reads_without_sending(server: LangSmithServer) -> None:
-    be = backend(server)
+def test_check_reads_without_sending(
+    server: LangSmithServer, make_backend: Make
+) -> None:
+    be = make_backend(server)
     assert "will be created" in be.llmvigil_check(1.0)
     be.llmvigil_export_spans([span(new_trace_id(), None, "r", 0)])
     project_id = server.projects[PROJECT]["id"]
     assert project_id in be.llmvigil_check(1.0)
-    bad = backend(server, api_key="lsv2_not_the_key")
+    bad = make_backend(server, api_key="lsv2_not_the_key")
     with pytest.raises(RuntimeError, match="rejected the API key") as err:
         bad.llmvigil_check(1.0)
     assert "lsv2_not_the_key" not in str(err.value)

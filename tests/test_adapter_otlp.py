@@ -206,10 +206,11 @@ def test_trace_tree_scores_sessions_and_metrics_arrive_as_otlp(tmp_path: Path,
             raise KeyError("missing")
     score = llmvigil.feedback(llm, "thumbs_down", comment="wrong date", user_id="u-1")
     event = llmvigil.session_event("s-1", "task_complete", user_id="u-1")
-    emit_metric("ttft_p95_s", 0.42, model="claude")
+    emit_metric("otlp_test_gauge", 0.42, model="claude")
+    emit_metric("llmvigil.otlp_self_test", 1.0)
     assert score is not None and event is not None
     assert llmvigil.flush(10)
-    wait_for(lambda: len(collector.spans) >= 5 and collector.metrics)
+    wait_for(lambda: len(collector.spans) >= 5 and len(collector.metrics) >= 2)
 
     got = collector.by_id()
     records = {s.id: s for s in memory.spans}
@@ -286,10 +287,12 @@ def test_trace_tree_scores_sessions_and_metrics_arrive_as_otlp(tmp_path: Path,
     assert sess_pb.name == "session.task_complete"
     assert attrs(sess_pb.attributes)["session.id"] == "s-1"
 
-    (metric,) = [m for _, m in collector.metrics if m.name == "llmvigil.ttft_p95_s"]
+    (metric,) = [m for _, m in collector.metrics if m.name == "llmvigil.otlp_test_gauge"]
     (point,) = metric.gauge.data_points
     assert point.as_double == pytest.approx(0.42)
     assert attrs(point.attributes)["model"] == "claude"
+    names = {m.name for _, m in collector.metrics}
+    assert "llmvigil.otlp_self_test" in names  # already prefixed: not doubled
 
     sent = [h for h in collector.headers if h.get("x-tenant") == "t1"]
     assert sent and all(h["content-encoding"] == "gzip" for h in sent)

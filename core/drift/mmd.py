@@ -10,7 +10,7 @@ permutation test, not an asymptotic one):
   distribution and may then be slightly negative; it is reported as ``mmd2``.
 * **Kernel.** Gaussian, k(a, b) = exp(-||a - b||² / (2 σ²)), with σ set by the
   median heuristic: σ² = median ||z_i - z_j||² over pairs of the pooled sample
-  (estimated from up to ``bandwidth_pairs`` random pairs). The bandwidth depends on
+  (estimated from all pairs of ``bandwidth_points`` random points). The bandwidth depends on
   the pooled sample only, so it does not break the permutation test.
 * **p-value.** ``(1 + #{permuted statistic >= observed}) / (1 + permutations)``: under
   the null hypothesis P(p <= alpha) <= alpha exactly, whatever the sample size.
@@ -82,23 +82,20 @@ def _as_matrix(data: Any, name: str) -> np.ndarray:
 
 
 def median_bandwidth(z: np.ndarray, rng: np.random.Generator, *,
-                     pairs: int = 20_000) -> float:
-    """The median heuristic: √(median ||z_i - z_j||²) over random distinct pairs of ``z``.
+                     points: int = 256) -> float:
+    """The median heuristic: √(median ||z_i - z_j||²) over distinct pairs of rows of ``z``.
 
-    All pairs are used when there are at most ``pairs`` of them. When more than half
-    the pairs are identical points the median is 0; the root mean of the non-zero
-    squared distances is returned instead, and 0.0 when every point is the same.
+    The pairs are those among ``points`` rows drawn at random (all rows when there are
+    fewer). When more than half the pairs are identical points the median is 0; the
+    root mean of the non-zero squared distances is returned instead, and 0.0 when
+    every point is the same.
     """
     n = z.shape[0]
-    total = n * (n - 1) // 2
-    if total <= pairs:
-        i, j = np.triu_indices(n, k=1)
-    else:
-        i = rng.integers(0, n, size=pairs)
-        j = rng.integers(0, n - 1, size=pairs)
-        j += j >= i  # uniform over j != i
-    diff = z[i] - z[j]
-    d2 = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
+    sub = z if n <= points else z[rng.choice(n, size=points, replace=False)]
+    sub = sub.astype(np.float64)
+    sq = np.einsum("ij,ij->i", sub, sub)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (sub @ sub.T)
+    d2 = np.maximum(d2[np.triu_indices(sub.shape[0], k=1)], 0.0)
     med = float(np.median(d2))
     if med > 0:
         return math.sqrt(med)
@@ -131,21 +128,44 @@ def _unbiased(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray,
             - 2.0 * sxy / (n_x * n_y))
 
 
+def _block_sums(m: np.ndarray, b: int) -> np.ndarray:
+    """Sums of ``m`` over consecutive groups of ``b`` rows (and of ``b`` columns if square)."""
+    if b == 1:
+        return m.astype(np.float64)
+    ones = np.ones(b, dtype=m.dtype)
+    rows = m.shape[0] // b
+    if m.shape[0] == m.shape[1]:  # a matmul is far faster than a strided sum(axis=...)
+        m = (m.reshape(m.shape[0], rows, b) @ ones)
+    return m.reshape(rows, b, m.shape[1]).sum(axis=1, dtype=np.float64)
+
+
+def _gaussian_kernel(z: np.ndarray, gamma: float) -> np.ndarray:
+    """The Gaussian kernel matrix of the rows of ``z`` (float32, diagonal exactly 1)."""
+    sq = np.einsum("ij,ij->i", z, z)
+    if gamma * float(sq.max()) < 20.0:
+        # exp(-γ|a-b|²) = exp(-γ|a|²) exp(2γ a·b) exp(-γ|b|²): one exp pass, no overflow
+        zs = z * np.float32(math.sqrt(2.0 * gamma))
+        k = zs @ zs.T
+        np.exp(k, out=k)
+        e = np.exp(-gamma * sq).astype(np.float32)
+        k *= e[:, None]
+        k *= e[None, :]
+    else:
+        k = z @ z.T
+        k *= -2.0
+        k += sq[:, None]
+        k += sq[None, :]
+        np.maximum(k, 0.0, out=k)
+        k *= -gamma
+        np.exp(k, out=k)
+    np.fill_diagonal(k, 1.0)  # exactly: k(z, z) = 1 is assumed by _unbiased
+    return k
+
+
 def _kernel_sums(z: np.ndarray, gamma: float, b: int, a: np.ndarray,
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per labelling row of ``a``: the kernel sums within X, within Y and between them."""
-    sq = np.einsum("ij,ij->i", z, z)
-    k = z @ z.T
-    k *= -2.0
-    k += sq[:, None]
-    k += sq[None, :]
-    np.maximum(k, 0.0, out=k)
-    np.fill_diagonal(k, 0.0)  # exactly: k(z, z) = 1 is assumed by _unbiased
-    k *= -gamma
-    np.exp(k, out=k)
-    nb = z.shape[0] // b
-    kb = k.reshape(nb, b, nb, b).sum(axis=(1, 3), dtype=np.float64) if b > 1 else \
-        k.astype(np.float64)
+    kb = _block_sums(_gaussian_kernel(z, gamma), b)
     row = kb.sum(axis=1)
     total = float(row.sum())
     sxx = np.einsum("pi,pi->p", a @ kb, a)
@@ -161,11 +181,10 @@ def _rff_sums(z: np.ndarray, gamma: float, b: int, a: np.ndarray, frequencies: i
     w = rng.standard_normal((z.shape[1], frequencies), dtype=np.float32)
     w *= np.float32(math.sqrt(2.0 * gamma))
     proj = z @ w
-    nb = z.shape[0] // b
     # [cos, sin] / sqrt(D): φ(x)·φ(y) = mean cos(ω·(x - y)) ≈ k(x, y) and |φ(x)|² = 1.
-    feats = np.empty((nb, 2 * frequencies), dtype=np.float64)
-    feats[:, :frequencies] = np.cos(proj).reshape(nb, b, frequencies).sum(axis=1)
-    feats[:, frequencies:] = np.sin(proj).reshape(nb, b, frequencies).sum(axis=1)
+    feats = np.empty((z.shape[0] // b, 2 * frequencies), dtype=np.float64)
+    feats[:, :frequencies] = _block_sums(np.cos(proj), b)
+    feats[:, frequencies:] = _block_sums(np.sin(proj), b)
     feats /= math.sqrt(frequencies)
     sx = a @ feats
     sy = feats.sum(axis=0) - sx
@@ -176,7 +195,7 @@ def _rff_sums(z: np.ndarray, gamma: float, b: int, a: np.ndarray, frequencies: i
 def mmd_test(x: Any, y: Any, *, permutations: int = 500, method: Method = "auto",
              rng: np.random.Generator | int | None = None, bandwidth: float | None = None,
              kernel_max_n: int = DEFAULT_KERNEL_MAX_N, rff_frequencies: int = 128,
-             max_blocks: int = 512, bandwidth_pairs: int = 20_000) -> MMDResult:
+             max_blocks: int = 512, bandwidth_points: int = 256) -> MMDResult:
     """Test whether the rows of ``x`` and ``y`` (embeddings) share one distribution.
 
     Args:
@@ -188,7 +207,7 @@ def mmd_test(x: Any, y: Any, *, permutations: int = 500, method: Method = "auto"
         bandwidth: the kernel width σ; the median heuristic when ``None``.
         rff_frequencies: random frequencies of the ``rff`` method (2x as many features).
         max_blocks: at most this many blocks are permuted (see the module docs).
-        bandwidth_pairs: random pairs used for the median heuristic.
+        bandwidth_points: rows drawn for the median heuristic (all their pairs).
 
     Raises:
         ValueError: malformed input (not 2-D, too few rows, NaN, differing widths).
@@ -207,9 +226,10 @@ def mmd_test(x: Any, y: Any, *, permutations: int = 500, method: Method = "auto"
         xs = xs[gen.permutation(xs.shape[0])[:n_x]]
         ys = ys[gen.permutation(ys.shape[0])[:n_y]]
     z = np.concatenate([xs, ys])
+    z -= z.mean(axis=0, dtype=np.float64).astype(np.float32)  # distances are unchanged
     chosen = method if method != "auto" else ("kernel" if z.shape[0] <= kernel_max_n
                                               else "rff")
-    sigma = median_bandwidth(z, gen, pairs=bandwidth_pairs) if bandwidth is None \
+    sigma = median_bandwidth(z, gen, points=bandwidth_points) if bandwidth is None \
         else float(bandwidth)
     if not sigma > 0:  # every point identical: no difference can be measured
         return MMDResult(0.0, 1.0, n_x, n_y, 0.0, chosen, permutations, b)

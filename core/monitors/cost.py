@@ -267,7 +267,7 @@ class CostMonitor:
     Args:
         config: the ``monitors.cost`` mapping (or a :class:`CostSettings`).
         pm: the plugin manager whose ``llmvigil_price`` hook is asked for prices.
-        register: make this the monitor :func:`llmvigil.budget.check` reads.
+        register: make this the monitor :func:`llmvigil.budget.check` reads (when enabled).
     """
 
     def __init__(self, config: Mapping[str, Any] | CostSettings | None = None, *,
@@ -297,7 +297,7 @@ class CostMonitor:
         self.unpriced_total = 0
         self._next_emit_ns = 0
         self._next_spike_ns = 0
-        if register:
+        if register and s.enabled:
             budget.activate(self)
 
     # -- Monitor protocol -----------------------------------------------------------------

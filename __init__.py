@@ -21,6 +21,7 @@ from .core.errors import (
 )
 from .core.instrument import instrument
 from .core.model import Alert, Metric, SafetyVerdict, Score, SessionEvent, Span, Usage
+from .core.monitors import budget
 from .core.runtime import feedback, flush, init, session_event, shutdown
 
 __version__ = "0.1.0"
@@ -40,6 +41,7 @@ __all__ = [
     "UnknownBackendError",
     "Usage",
     "VigilError",
+    "budget",
     "current_span",
     "feedback",
     "flush",

@@ -28,8 +28,9 @@ so children usually reach this adapter before their parents. The rules:
   is unknown the run is attached to the trace's root run (its real parent span id
   stays in ``metadata.llmvigil_parent_span_id``) and the root's segment carries the
   run's own start time. A trace exported in one batch, or whose parents were exported
-  first, gets its exact tree; a child exported before a non-root parent is shown one
-  level up. A run re-sent by this process keeps the dotted order it was first sent with.
+  first, gets its exact tree; a child exported before a non-root parent is shown
+  higher up, directly under the root. A run re-sent by this process keeps the dotted
+  order it was first sent with.
 * scores follow the same rule: a span this process exported gets span-level feedback,
   anything else lands on the trace's root run, or on the project without a trace.
 """
@@ -339,6 +340,12 @@ def _setting(settings: Mapping[str, Any], key: str, *env: str) -> str | None:
     return None
 
 
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(value)
+
+
 def _status_of(exc: BaseException) -> int | None:
     """The HTTP status behind an SDK exception, found along its cause chain."""
     seen: set[int] = set()
@@ -396,7 +403,7 @@ class LangSmithBackend:
             self.orphan_after_ns = int(float(settings.get("orphan_feedback_after_s", 3600)) * 1e9)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"backends.langsmith: {exc}") from None
-        self.extend_retention = bool(settings.get("extend_trace_retention", True))
+        self.extend_retention = _flag(settings.get("extend_trace_retention", True))
         self._local = threading.local()
         self._session = _deadline_session(requests, self._local)
         self._project_id: uuid.UUID | None = None
@@ -680,8 +687,9 @@ class LangSmithBackend:
                         "check api_key / LANGSMITH_API_KEY (and workspace_id for "
                         "org-scoped keys)"
                     ) from None
+                verb = "is not reachable" if status is None else "answered"
                 raise RuntimeError(
-                    f"LangSmith {self.endpoint} is not reachable: {self._describe(exc)}"
+                    f"LangSmith {self.endpoint} {verb}: {self._describe(exc)}"
                 ) from None
         self._project_id = project.id
         return f"LangSmith {self.endpoint}: project {self.project!r} ({project.id})"

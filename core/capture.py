@@ -299,7 +299,10 @@ def start_span(name: str, kind: str = "span", **fields: Any) -> SpanHandle:
     t = now_ns()
     if parent is None:
         sampled = _sample() if _sample is not None else True
-        rec = Span(id=new_span_id(), trace_id=new_trace_id(), name=name, kind=kind, start_ns=t)
+        # The root's span id is the first half of its trace id: any descendant, in any
+        # batch, can name its trace's root (LangSmith needs it), and it saves a draw.
+        trace_id = new_trace_id()
+        rec = Span(id=trace_id[:16], trace_id=trace_id, name=name, kind=kind, start_ns=t)
     else:
         sampled = parent._sampled
         prec = parent.record

@@ -167,6 +167,15 @@ class Journal:
             except OSError:
                 pass
 
+    def defer(self, entry: JournalEntry) -> None:
+        """Give a claimed batch back at the end of the queue, so a batch the backend
+        keeps refusing does not hold back the ones behind it."""
+        with self._lock:
+            self._seq += 1
+            name = f"{model.now_ns():020d}-{os.getpid()}-{self._seq:06d}{_SUFFIX}"
+            with contextlib.suppress(OSError):
+                os.replace(entry.path, self.directory / name)
+
     def release(self, entry: JournalEntry) -> None:
         """Give a claimed batch back (the backend is still down)."""
         name = entry.path.name.split(".claimed-")[0] + _SUFFIX

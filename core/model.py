@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import msgspec
 
@@ -57,12 +57,12 @@ now_ns = time.time_ns
 
 def new_trace_id() -> str:
     """Return a random 128-bit trace id as 32 lowercase hex digits (W3C format)."""
-    return "%032x" % _getrandbits(128)
+    return "%032x" % _getrandbits(128)  # noqa: UP031 - faster than an f-string here
 
 
 def new_span_id() -> str:
     """Return a random 64-bit span or record id as 16 lowercase hex digits."""
-    return "%016x" % _getrandbits(64)
+    return "%016x" % _getrandbits(64)  # noqa: UP031 - faster than an f-string here
 
 
 class Usage(msgspec.Struct, omit_defaults=True, gc=False):
@@ -234,7 +234,7 @@ class SafetyVerdict(_Record, tag="safety_verdict"):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-Record = Union[Span, Score, SessionEvent, Metric, Alert, SafetyVerdict]
+Record = Span | Score | SessionEvent | Metric | Alert | SafetyVerdict
 RECORD_TYPES: tuple[type[Any], ...] = (Span, Score, SessionEvent, Metric, Alert, SafetyVerdict)
 
 _json_encoder = msgspec.json.Encoder()

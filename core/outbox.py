@@ -186,7 +186,7 @@ class Outbox:
                 self.journal.done(entry)
                 self.counters.dropped += len(entry.records)
             else:
-                self.journal.release(entry)
+                self.journal.defer(entry)
                 return False
         finally:
             self._busy = False

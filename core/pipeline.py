@@ -40,6 +40,9 @@ KIND_OF: dict[type, str] = {
 }
 
 
+_DISPATCH_ORDER = tuple(KIND_OF.values())
+
+
 class Monitor(Protocol):
     """A background computation fed with every processed record.
 
@@ -138,9 +141,9 @@ class Pipeline:
 
     def _run(self) -> None:
         while True:
-            stopping = self._stop.is_set()
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()
+            stopping = self._stop.is_set()
             self._working = True
             try:
                 self._drain()
@@ -213,9 +216,13 @@ class Pipeline:
         grouped.setdefault(KIND_OF[type(record)], []).append(record)
 
     def _dispatch(self, grouped: dict[str, list[Any]]) -> None:
-        for kind, records in grouped.items():
-            for box in self.outboxes:
-                box.offer(kind, records)
+        # Spans first: scores and verdicts refer to them, and some vendors reject a
+        # score whose span they have not received yet.
+        for kind in _DISPATCH_ORDER:
+            records = grouped.get(kind)
+            if records:
+                for box in self.outboxes:
+                    box.offer(kind, records)
 
     def _respool(self) -> None:
         """Feed spilled records back once the queue has room again."""

@@ -84,7 +84,7 @@ class Runtime:
         from .monitors import build_monitors
 
         where = f"{config.source or 'config'}: "
-        built = build_monitors(config, skip=tuple(type(m) for m in monitors))
+        built = build_monitors(config, self.pm, skip=tuple(type(m) for m in monitors))
         self.alerts = AlertsMonitor(config.alerts, plugin_manager=self.pm,
                                     where=f"{where}alerts")
         self.backends: dict[str, pluggy.HookRelay] = {}
@@ -175,6 +175,13 @@ class Runtime:
             self.alerts.close(min(2.0, timeout_s / 4))
         except Exception as exc:
             _log.warning("llmvigil alert sinks did not close cleanly: %r", exc)
+        for monitor in self.monitors:
+            close = getattr(monitor, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception as exc:
+                    _log.warning("llmvigil monitor %r did not close cleanly: %r", monitor, exc)
         for name, hooks in self.backends.items():
             try:
                 hooks.llmvigil_shutdown(timeout_s=max(0.5, timeout_s / 4))

@@ -37,9 +37,12 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "llmvigil.adapters.local",
     "llmvigil.adapters.console",
     "llmvigil.adapters.memory",
+    "llmvigil.adapters.langsmith",
     "llmvigil.adapters.langfuse",
     "llmvigil.adapters.wandb",
     "llmvigil.adapters.helicone",
+    "llmvigil.adapters.otlp",
+    "llmvigil.adapters.phoenix",
     "llmvigil.core.alerts",
 )
 

@@ -132,7 +132,7 @@ def test_trace_tree_scores_and_session_events_arrive_field_by_field(
     tmp_path: Path, server: LangSmithServer
 ) -> None:
     # The first timed drain comes after the trace: it travels in one batch, at flush().
-    memory = start_with_langsmith(tmp_path, server, pipeline={"flush_interval_s": 1.0})
+    memory = start_with_langsmith(tmp_path, server, pipeline={"flush_interval_s": 2.0})
 
     @llmvigil.trace(name="answer", kind="chain", user_id="u-1", session_id="conv-1",
                     tags=["prod"], metadata={"team": "search"})
@@ -254,14 +254,11 @@ def test_trace_tree_scores_and_session_events_arrive_field_by_field(
 def test_feedback_sent_before_its_run_exists_is_retried(
     tmp_path: Path, server: LangSmithServer
 ) -> None:
-    start_with_langsmith(tmp_path, server, pipeline={"flush_interval_s": 1.0})
+    start_with_langsmith(tmp_path, server, pipeline={"flush_interval_s": 2.0})
 
-    @llmvigil.trace(name="handler", kind="chain")
-    def handler() -> str:
-        llmvigil.feedback(kind="thumbs_up")  # the score is published before the span
-        return "ok"
-
-    handler()
+    with llmvigil.span("handler", kind="chain") as handler:
+        llmvigil.feedback(handler, "thumbs_up")
+        llmvigil.flush(10)  # the score goes out alone: its run does not exist yet
     assert llmvigil.flush(10)
     assert server.wait_for(lambda s: len(s.feedback) == 1, timeout_s=15)
     (fb,) = server.feedback.values()

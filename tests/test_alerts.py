@@ -15,7 +15,6 @@ from typing import Any
 import llmvigil
 import pytest
 from llmvigil.adapters.memory import get_memory_backend
-from llmvigil.core import alerts as alerts_module
 from llmvigil.core.alerts import AlertsMonitor, FileSink, SlackSink, WebhookSink
 from llmvigil.core.errors import ConfigError, PluginError
 from llmvigil.core.model import Alert, Metric, decode

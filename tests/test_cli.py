@@ -14,7 +14,8 @@ import pytest
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "app.py"
 
 
-def vigil(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def vigil(*args: str, cwd: Path,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "llmvigil.core.cli", *args], cwd=cwd, capture_output=True,
         text=True, timeout=120, env={**os.environ, "COLUMNS": "200", **(env or {})},

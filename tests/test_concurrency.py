@@ -8,13 +8,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import llmvigil
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vigil_testing import start
-
-import llmvigil
 from llmvigil.adapters.memory import _instances
 from llmvigil.core.model import decode, encode
+from vigil_testing import start
 
 
 def test_threads_and_tasks_produce_at_once(tmp_path: Path) -> None:

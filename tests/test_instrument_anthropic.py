@@ -342,6 +342,37 @@ def test_instrumenting_twice_and_derived_clients(memory: MemoryBackend, api: Any
     assert [s.feature for s in spans] == ["other", "other"]
 
 
+class _OpaqueStream:
+    """A stream wrapper such as another instrumentation library might install."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._raw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+def test_messages_stream_without_a_raw_stream_to_observe(
+        memory: MemoryBackend, api: Any, client: anthropic.Anthropic,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from anthropic.lib.streaming import MessageStream
+
+    original_init = MessageStream.__init__
+
+    def init(self: Any, raw_stream: Any, output_format: Any) -> None:
+        original_init(self, _OpaqueStream(raw_stream), output_format)
+
+    monkeypatch.setattr(MessageStream, "__init__", init)
+    with client.messages.stream(**request_kwargs()) as stream:
+        assert stream.get_final_text() == EXPECTED_TEXT
+    span = only_llm_span(memory)
+    assert_call(span, api, name="anthropic.messages.stream")
+    assert span.ttft_s is None and span.stream is None
+
+
 def test_raw_response_calls_are_recorded(memory: MemoryBackend, api: Any,
                                          client: anthropic.Anthropic) -> None:
     raw = client.messages.with_raw_response.create(**request_kwargs())

@@ -247,3 +247,27 @@ def test_journal_survives_restart_and_is_delivered_once(tmp_path: Path) -> None:
     assert s.count("spans") == 300
     s.close()
     assert list((journal / "local").glob("*.batch")) == []
+
+
+def test_a_batch_the_backend_keeps_refusing_does_not_block_the_rest(tmp_path: Path) -> None:
+    delivered: list[str] = []
+    down = True
+
+    def export(kind: str, records: list[Span]) -> str:
+        if down or any(r.name == "poison" for r in records):
+            return "retry"
+        delivered.extend(r.name for r in records)
+        return "success"
+
+    settings = OutboxSettings(max_retries=0, breaker_failures=1000)
+    box = Outbox("picky", export, Journal(tmp_path / "j", 10_000_000), settings)
+    box.offer("spans", [Span(trace_id="0" * 32, name="poison")])
+    for i in range(5):
+        box.offer("spans", [Span(trace_id="0" * 32, name=f"ok{i}")])
+    assert wait_until(lambda: box.counters.journaled == 6)
+    down = False
+    box.wake()
+    assert wait_until(lambda: len(delivered) == 5, timeout=20)
+    assert sorted(delivered) == [f"ok{i}" for i in range(5)]
+    assert box.journal.pending_count() == 1
+    box.close(1)

@@ -6,14 +6,13 @@ import logging
 import stat
 from pathlib import Path
 
-import pytest
-from vigil_testing import start
-
 import llmvigil
+import pytest
 from llmvigil.adapters.memory import get_memory_backend
 from llmvigil.core import runtime
 from llmvigil.core.model import encode
 from llmvigil.core.redaction import Redactor, find_pii, iban_valid, luhn_valid
+from vigil_testing import start
 
 PLANTED = "sk-ant-api03-PLANTEDsecretKEY0123456789abcdef"
 
@@ -93,7 +92,8 @@ def test_files_are_private(tmp_path: Path) -> None:
 
 def test_detectors_validate_checksums() -> None:
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
-    assert iban_valid("GB82 WEST 1234 5698 7654 32") and not iban_valid("GB82 WEST 1234 5698 7654 33")
+    assert iban_valid("GB82 WEST 1234 5698 7654 32")
+    assert not iban_valid("GB82 WEST 1234 5698 7654 33")
     found = dict(find_pii("card 4111 1111 1111 1111, order 4111 1111 1111 1112, "
                           "mail a.b@c.io, iban GB82WEST12345698765432"))
     assert found == {"credit_card": "4111 1111 1111 1111", "email": "a.b@c.io",

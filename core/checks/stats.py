@@ -208,7 +208,7 @@ def mann_whitney_u(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndar
     if method == "exact":
         if has_ties:
             raise ValueError("the exact method needs samples without ties")
-        p = _mwu_exact_sf(int(round(u)), n1, n2)
+        p = _mwu_exact_sf(round(u), n1, n2)
     elif method == "asymptotic":
         n = n1 + n2
         tie_term = float((ties.astype(np.float64) ** 3 - ties).sum())

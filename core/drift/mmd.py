@@ -8,8 +8,8 @@ permutation test, not an asymptotic one):
   MMD²_u = mean k(x, x') + mean k(y, y') - 2 mean k(x, y) over distinct pairs
   (Gretton et al., 2012). It is zero in expectation when both samples come from one
   distribution and may then be slightly negative; it is reported as ``mmd2``.
-* **Kernel.** Gaussian, k(a, b) = exp(-||a - b||² / (2 σ²)), with σ set by the
-  median heuristic: σ² = median ||z_i - z_j||² over pairs of the pooled sample
+* **Kernel.** Gaussian, k(a, b) = exp(-||a - b||² / (2 sigma^2)), with sigma set by the
+  median heuristic: sigma^2 = median ||z_i - z_j||² over pairs of the pooled sample
   (estimated from all pairs of ``bandwidth_points`` random points). The bandwidth depends on
   the pooled sample only, so it does not break the permutation test.
 * **p-value.** ``(1 + #{permuted statistic >= observed}) / (1 + permutations)``: under
@@ -62,7 +62,7 @@ class MMDResult:
     #: Points of each sample used (after leaving out those that do not fill a block).
     n_x: int
     n_y: int
-    #: The Gaussian kernel width σ.
+    #: The Gaussian kernel width sigma.
     bandwidth: float
     #: ``kernel`` or ``rff``.
     method: str
@@ -76,8 +76,6 @@ def _as_matrix(data: Any, name: str) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[0] < 2 or arr.shape[1] < 1:
         raise ValueError(f"{name} must be a 2-D array with at least 2 rows, got shape "
                          f"{arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
     return arr
 
 
@@ -143,7 +141,7 @@ def _gaussian_kernel(z: np.ndarray, gamma: float) -> np.ndarray:
     """The Gaussian kernel matrix of the rows of ``z`` (float32, diagonal exactly 1)."""
     sq = np.einsum("ij,ij->i", z, z)
     if gamma * float(sq.max()) < 20.0:
-        # exp(-γ|a-b|²) = exp(-γ|a|²) exp(2γ a·b) exp(-γ|b|²): one exp pass, no overflow
+        # exp(-g|a-b|²) = exp(-g|a|²) exp(2g a·b) exp(-g|b|²): one exp pass, no overflow
         zs = z * np.float32(math.sqrt(2.0 * gamma))
         k = zs @ zs.T
         np.exp(k, out=k)
@@ -181,7 +179,7 @@ def _rff_sums(z: np.ndarray, gamma: float, b: int, a: np.ndarray, frequencies: i
     w = rng.standard_normal((z.shape[1], frequencies), dtype=np.float32)
     w *= np.float32(math.sqrt(2.0 * gamma))
     proj = z @ w
-    # [cos, sin] / sqrt(D): φ(x)·φ(y) = mean cos(ω·(x - y)) ≈ k(x, y) and |φ(x)|² = 1.
+    # [cos, sin] / sqrt(D): phi(x).phi(y) = mean cos(w.(x - y)) ≈ k(x, y) and |phi(x)|^2 = 1.
     feats = np.empty((z.shape[0] // b, 2 * frequencies), dtype=np.float64)
     feats[:, :frequencies] = _block_sums(np.cos(proj), b)
     feats[:, frequencies:] = _block_sums(np.sin(proj), b)
@@ -204,7 +202,7 @@ def mmd_test(x: Any, y: Any, *, permutations: int = 500, method: Method = "auto"
         method: ``kernel``, ``rff``, or ``auto`` (``kernel`` up to ``kernel_max_n``
             pooled points).
         rng: a generator or seed (permutations, subsampling, Fourier features).
-        bandwidth: the kernel width σ; the median heuristic when ``None``.
+        bandwidth: the kernel width sigma; the median heuristic when ``None``.
         rff_frequencies: random frequencies of the ``rff`` method (2x as many features).
         max_blocks: at most this many blocks are permuted (see the module docs).
         bandwidth_points: rows drawn for the median heuristic (all their pairs).
@@ -222,11 +220,17 @@ def mmd_test(x: Any, y: Any, *, permutations: int = 500, method: Method = "auto"
     if nb_x < 2 or nb_y < 2:
         raise ValueError("each sample needs at least 2 blocks; raise max_blocks")
     n_x, n_y = nb_x * b, nb_y * b
+    z = np.empty((n_x + n_y, xs.shape[1]), dtype=np.float32)
     if b > 1:  # shuffle so that random points are left out and blocks are random
-        xs = xs[gen.permutation(xs.shape[0])[:n_x]]
-        ys = ys[gen.permutation(ys.shape[0])[:n_y]]
-    z = np.concatenate([xs, ys])
-    z -= z.mean(axis=0, dtype=np.float64).astype(np.float32)  # distances are unchanged
+        np.take(xs, gen.permutation(xs.shape[0])[:n_x], axis=0, out=z[:n_x])
+        np.take(ys, gen.permutation(ys.shape[0])[:n_y], axis=0, out=z[n_x:])
+    else:
+        z[:n_x] = xs
+        z[n_x:] = ys
+    center = z.mean(axis=0)
+    if not np.isfinite(center).all():
+        raise ValueError("x or y contains NaN or infinite values")
+    z -= center  # distances are unchanged; keeps exp() and cos() arguments small
     chosen = method if method != "auto" else ("kernel" if z.shape[0] <= kernel_max_n
                                               else "rff")
     sigma = median_bandwidth(z, gen, points=bandwidth_points) if bandwidth is None \

@@ -8,20 +8,36 @@ from __future__ import annotations
 
 from typing import Any
 
+import pluggy
+
 from ..config import VigilConfig
+from .cost import CostMonitor
 from .feedback import FeedbackMonitor
+from .latency import LatencyMonitor
 from .sessions import SessionsMonitor
 
-__all__ = ["build_monitors"]
+__all__ = ["BUILTIN_MONITORS", "build_monitors"]
 
-#: ``monitors:`` key -> monitor class; each takes ``(settings_mapping, where=...)``.
+#: ``monitors:`` key -> monitor class, in the order the worker runs them: cost first,
+#: so every later monitor (and every backend) sees ``span.cost_usd``.
 BUILTIN_MONITORS: dict[str, Any] = {
+    "cost": CostMonitor,
+    "latency": LatencyMonitor,
     "feedback": FeedbackMonitor,
     "sessions": SessionsMonitor,
 }
 
 
-def build_monitors(config: VigilConfig, *, skip: tuple[type, ...] = ()) -> list[Any]:
+def _build(key: str, cls: Any, settings: Any, where: str, pm: pluggy.PluginManager) -> Any:
+    if cls is CostMonitor:
+        return CostMonitor(settings, pm=pm)
+    if cls is LatencyMonitor:
+        return LatencyMonitor(settings)
+    return cls(settings, where=where)
+
+
+def build_monitors(config: VigilConfig, pm: pluggy.PluginManager, *,
+                   skip: tuple[type, ...] = ()) -> list[Any]:
     """Build every enabled built-in monitor from ``config.monitors``.
 
     Args:
@@ -43,7 +59,7 @@ def build_monitors(config: VigilConfig, *, skip: tuple[type, ...] = ()) -> list[
     for key, cls in BUILTIN_MONITORS.items():
         if cls in skip:
             continue
-        monitor = cls(config.monitors.get(key), where=f"{prefix}monitors.{key}")
+        monitor = _build(key, cls, config.monitors.get(key), f"{prefix}monitors.{key}", pm)
         if monitor.settings.enabled:
             built.append(monitor)
     return built

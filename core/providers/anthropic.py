@@ -479,6 +479,8 @@ def _observe_raw_stream(message_stream: Any, recorder: _StreamRecorder,
         raw = getattr(message_stream, "_raw_stream", None)
         if isinstance(raw, stream_type):
             message_stream._raw_stream = proxy_type(raw, recorder)
+        else:
+            recorder.response(message_stream)
     except Exception as exc:
         capture.internal_error("anthropic.stream.observe", exc)
 

@@ -121,7 +121,7 @@ class HashedEmbedder:
     """
 
     def __init__(self, settings: Mapping[str, Any] | HashedOptions | None = None) -> None:
-        self.options = parse_settings(HashedOptions, settings, "hashed")
+        self.options = parse_settings(HashedOptions, settings, "embedder_options")
         self.dim = self.options.dim
 
     def _project(self, hashes: np.ndarray, docs: np.ndarray, n_docs: int) -> np.ndarray:
@@ -198,7 +198,7 @@ class SentenceTransformerEmbedder:
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self.options = parse_settings(SentenceTransformerOptions, settings,
-                                      "sentence-transformers")
+                                      "embedder_options")
         if importlib.util.find_spec("sentence_transformers") is None:
             raise ConfigError("embedder 'sentence-transformers' needs the "
                               "sentence-transformers package: pip install sentence-transformers")
@@ -266,7 +266,7 @@ class ProviderEmbedder:
     """
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
-        self.options = parse_settings(ProviderOptions, settings, "provider")
+        self.options = parse_settings(ProviderOptions, settings, "embedder_options")
         if importlib.util.find_spec("httpx") is None:
             raise ConfigError("embedder 'provider' needs the httpx package: pip install httpx")
         self._client: Any = None

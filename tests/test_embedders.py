@@ -89,7 +89,7 @@ def test_hashed_matches_the_reference_text_by_text() -> None:
     emb = HashedEmbedder()
     got = emb(TEXTS)
     assert got.shape == (len(TEXTS), 384) and got.dtype == np.float32
-    for text, row in zip(TEXTS, got):
+    for text, row in zip(TEXTS, got, strict=True):
         np.testing.assert_allclose(row, reference(text), atol=1e-6, err_msg=repr(text))
 
 
@@ -97,7 +97,7 @@ def test_hashed_options_reach_the_computation() -> None:
     emb = HashedEmbedder({"dim": 64, "char_ngrams": [2, 2], "word_ngrams": [1, 3],
                           "word_weight": 4.0})
     got = emb(TEXTS[:2])
-    for text, row in zip(TEXTS[:2], got):
+    for text, row in zip(TEXTS[:2], got, strict=True):
         np.testing.assert_allclose(row, reference(text, 64, (2, 2), (1, 3), 4.0), atol=1e-6)
     chars_only = HashedEmbedder({"word_ngrams": [0, 0]})(["ab"])[0]
     # " ab " has two trigrams and one 4-gram: three signed unit counts, normalised
@@ -250,7 +250,7 @@ def test_provider_errors_and_timeouts_raise_quickly(endpoint: str) -> None:
     assert _Endpoint.calls[-1]["auth"] is None, "no key configured: no Authorization header"
     _Endpoint.mode = "slow"
     started = time.monotonic()
-    with pytest.raises(Exception, match="(?i)timed? ?out"):
+    with pytest.raises(Exception, match=r"(?i)timed? ?out"):
         emb(["x"])
     assert time.monotonic() - started < 0.9
     emb.close()

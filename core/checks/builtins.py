@@ -460,6 +460,7 @@ class DateFormat:
         if not seen & set("dmYyjbB"):
             raise ValueError(f"format {fmt!r} has no date directive (%d, %m, %Y, %b...)")
         self.has_year = bool(seen & {"Y", "y"})
+        self._plain = seen == {"d", "m", "Y"}
         sep_class = "".join(re.escape(c) for c in sorted(seps))
         before = rf"(?<![\w{sep_class}])" if sep_class else r"(?<!\w)"
         after = rf"(?!\w|[{sep_class}]\w)" if sep_class else r"(?!\w)"
@@ -469,7 +470,14 @@ class DateFormat:
     def finditer(self, text: str) -> Iterator[tuple[int, int, _dt.date | None]]:
         """``(start, end, date or None)`` for every date-shaped substring."""
         for m in self._finder.finditer(text):
-            yield m.start(), m.end(), self.date_of(m.groupdict())
+            if self._plain:  # day, month, four-digit year only: the common case, fast
+                try:
+                    date: _dt.date | None = _dt.date(int(m["Y"]), int(m["m"]), int(m["d"]))
+                except ValueError:
+                    date = None
+            else:
+                date = self.date_of(m.groupdict())
+            yield m.start(), m.end(), date
 
     def parse(self, text: str) -> _dt.date | None:
         """The date of a whole string in this format (``None``: not one, or impossible)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -48,6 +48,7 @@ __all__ = [
     "GroundedQuotesSpec",
     "extract_numbers",
     "extract_quotes",
+    "number_keys",
 ]
 
 
@@ -158,34 +159,49 @@ _NUMBER_RES = {
 }
 
 
-def extract_numbers(text: str, decimal: Literal[".", ","] = ".", *, ignore_dates: bool = True,
-                    min_digits: int = 1, absolute: bool = True) -> list[Decimal]:
-    """The numbers written in ``text`` as exact decimals (thousands separators removed).
+_SEPARATORS = str.maketrans("", "", ",.\u00a0\u202f")
+
+
+def _blank_dates(text: str) -> str:
+    pieces, last = [], 0
+    for s, e, _r, _d in find_dates(text, "dmy"):
+        pieces.append(text[last:s])
+        pieces.append(" " * (e - s))
+        last = e
+    if not pieces:
+        return text
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
+def number_keys(text: str, decimal: Literal[".", ","] = ".", *, ignore_dates: bool = True,
+                min_digits: int = 1, absolute: bool = True) -> list[str]:
+    """The numbers written in ``text`` in a canonical form (``1,234.50`` -> ``1234.5``).
 
     With ``ignore_dates`` the digits of date-like substrings are not numbers.
     """
     if ignore_dates:
-        pieces, last = [], 0
-        for s, e, _r, _d in find_dates(text, "dmy"):
-            pieces.append(text[last:s])
-            pieces.append(" " * (e - s))
-            last = e
-        pieces.append(text[last:])
-        text = "".join(pieces)
-    out: list[Decimal] = []
+        text = _blank_dates(text)
+    out: list[str] = []
     for m in _NUMBER_RES[decimal].finditer(text):
-        whole = re.sub(r"\D", "", m.group("int"))
+        whole = m.group("int").translate(_SEPARATORS)
         frac = m.group("frac") or ""
         if len(whole) + len(frac) < min_digits:
             continue
-        try:
-            value = Decimal(f"{whole}.{frac}" if frac else whole)
-        except InvalidOperation:
-            continue
-        if m.group(0)[0] == "-" and not absolute:
-            value = -value
-        out.append(value.normalize() if value else Decimal(0))
+        whole = whole.lstrip("0") or "0"
+        frac = frac.rstrip("0")
+        key = f"{whole}.{frac}" if frac else whole
+        if not absolute and m.group(0)[0] == "-" and key != "0":
+            key = "-" + key
+        out.append(key)
     return out
+
+
+def extract_numbers(text: str, decimal: Literal[".", ","] = ".", *, ignore_dates: bool = True,
+                    min_digits: int = 1, absolute: bool = True) -> list[Decimal]:
+    """The numbers written in ``text`` as exact decimals (thousands separators removed)."""
+    return [Decimal(k) for k in number_keys(text, decimal, ignore_dates=ignore_dates,
+                                            min_digits=min_digits, absolute=absolute)]
 
 
 class GroundedNumbersSpec(_GroundedSpec):
@@ -216,11 +232,11 @@ class GroundedNumbersSpec(_GroundedSpec):
             text = text_of(value)
             if text is None:
                 return False if require else None
-            found = extract_numbers(text, **{**opts, "min_digits": min_digits})
+            found = number_keys(text, **{**opts, "min_digits": min_digits})
             if not found:
                 return False if require else None
             known = _memo(subject, ("numbers", steps, tuple(opts.items())),
-                          lambda: set(extract_numbers(src[0], **opts)))
+                          lambda: set(number_keys(src[0], **opts)))
             missing = [v for v in found if v not in known]
             if not missing:
                 return True
@@ -231,7 +247,8 @@ class GroundedNumbersSpec(_GroundedSpec):
 
 # -- quotes --------------------------------------------------------------------------------
 
-_QUOTE_RE = re.compile('"([^"\\n]{1,2000})"|\u201c([^\u201d\\n]{1,2000})\u201d')
+# The body excludes both quote marks, so a run of opening quotes fails at once.
+_QUOTE_RE = re.compile('"([^"\\n]{1,2000})"|\u201c([^\u201c\u201d\\n]{1,2000})\u201d')
 _SPACE_RE = re.compile(r"\s+")
 _QUOTE_CHARS = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})
 

@@ -112,8 +112,6 @@ class ChecksSettings(Settings):
     def _check(self) -> ChecksSettings:
         if self.alpha is not None and self.mtbfa is not None:
             raise ValueError("give alpha or mtbfa, not both (mtbfa = 1 / alpha)")
-        if self.min_window > self.window:
-            raise ValueError("min_window must be at most window")
         return self
 
     @property
@@ -478,10 +476,11 @@ class CheckMonitor:
             s = self.settings
             if s.window_s is not None:
                 limit = int(s.window_s * 1e9)
+                least = min(s.min_window, s.window)
                 for tracks in self._features.values():
                     for track in tracks:
                         w = track.window
-                        if w.n >= s.min_window and now_ns - w.start_ns >= limit:
+                        if w.n >= least and now_ns - w.start_ns >= limit:
                             self._close(track)
             out: list[Any] = []
             for track in self._baselines_done:

@@ -10,7 +10,7 @@ records the provider-reported model id (``span.response_model``,
 call, and the settings refuse them.
 
 After a feature's warm-up (``warmup_spans`` spans and ``warmup_s`` seconds), an id
-never seen before for that feature raises a ``fingerprint.changed`` Alert naming the
+never seen before for that feature (which already had one) raises a ``fingerprint.changed`` Alert naming the
 new id and the ones known before, at most once per ``cooldown_s`` per feature (ids
 first seen during the cooldown are reported together when it ends). Every
 ``emit_interval_s`` it publishes ``fingerprint.distinct`` per feature and kind
@@ -149,8 +149,9 @@ class FingerprintMonitor:
         st.spans += 1
         warm = (st.spans <= self.settings.warmup_spans
                 or t - st.first_ns < self.settings.warmup_s * 1e9)
+        had_ids = bool(st.known)
         for ident in ids:
-            if ident not in st.known and not warm:
+            if ident not in st.known and had_ids and not warm:
                 st.news.append((ident[0], ident[1], t))
             st.known[ident] = max(t, st.known.get(ident, t))
             st.known.move_to_end(ident)

@@ -552,8 +552,8 @@ class LatencyMonitor:
         else:
             before, after = math.exp(change.baseline_mean), math.exp(change.new_mean)
             what = "total latency" if series == "total" else "TTFT"
-            text = (f"{what} went {change.direction}: typical {before:.3f} s -> "
-                    f"{after:.3f} s (geometric mean)")
+            text = (f"{what} went {change.direction}: typical {_seconds(before)} -> "
+                    f"{_seconds(after)} (geometric mean)")
         return Alert(
             rule="latency.change", severity=cd.severity, time_ns=now, value=after,
             threshold=before, message=f"{text} on endpoint {key[2]!r} "
@@ -709,3 +709,12 @@ def _quantile_map(name: str, sketch: Sketch, quantiles: Iterable[float]) -> dict
         if value is not None:
             out[f"p{round(q * 100, 4):g}"] = float(value)
     return out
+
+
+def _seconds(value: float) -> str:
+    """A duration with a unit that keeps three significant digits (s, ms or µs)."""
+    if value >= 1.0:
+        return f"{value:.3g} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.3g} ms"
+    return f"{value * 1e6:.3g} µs"

@@ -154,10 +154,10 @@ def check(prompt: Any, response: Any, *, feature: str | None = None,
     Never raises: on an internal failure the verdict is ``serve`` (``block`` with
     ``fail_closed``) with reason ``"safety check failed"``.
     """
-    t0 = time.perf_counter_ns()
     state: _State | None = None
     try:
         state = _state()
+        t0 = time.perf_counter_ns()
         if state.engine is None:
             return SafetyVerdict(action="serve", reason="safety checks are disabled",
                                  decided_by="disabled")

@@ -14,6 +14,7 @@ never reaches the application.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from .. import capture
 from ..errors import ConfigError, VigilError
 from ..model import SafetyVerdict, Score
 from .rules import Settings
@@ -205,10 +207,8 @@ class BoundedWorker:
         with self._lock:
             thread = self._thread
         if thread is not None:
-            try:
+            with contextlib.suppress(queue.Full):
                 self._queue.put_nowait(_STOP)
-            except queue.Full:
-                pass
             thread.join(max(0.0, timeout_s))
         return done
 
@@ -292,10 +292,11 @@ class JudgeRunner:
                              "kind): %r", self.settings.name, exc)
             return
         self.judged += 1
-        emit = self._emit
-        if emit is None:
-            from ..capture import emit
-        emit(judge_score(item, verdict, self.settings.name))
+        score = judge_score(item, verdict, self.settings.name)
+        if self._emit is not None:
+            self._emit(score)
+        else:
+            capture.emit(score)
         if verdict[0] != "serve":
             self.flagged += 1
             if self._on_flag is not None:

@@ -8,10 +8,12 @@ or regexes. Each category maps to an action: ``block``, ``review`` or ``serve``.
 
 Everything here must stay fast on the request path and linear on hostile input:
 
-* Content rules run on the lowercased text and only when one of their *trigger*
-  literals occurs in it (a C-speed substring test), so ordinary text costs a few
-  substring searches. Their regexes have no nested unbounded quantifiers; gaps are
-  bounded (``[^.!?\\n]{0,60}?``).
+* Content rules run on the lowercased text and only when one of their trigger words
+  is a word of it (one set intersection with the text's words, computed once per
+  text), so ordinary text costs almost nothing. Their regexes have no nested
+  unbounded quantifiers and their gaps are bounded; co-occurrence (a minor and explicit
+  content within 60 characters of one sentence) is one pass over the terms, not a
+  regex gap.
 * PII detectors reuse the patterns and validators of :mod:`llmvigil.core.redaction`,
   run only where a cheap candidate scan says a match can be (a digit run, an ``@``,
   a key prefix), and give the same answer as :func:`~llmvigil.core.redaction.find_pii`
@@ -26,9 +28,9 @@ Everything here must stay fast on the request path and linear on hostile input:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol, Union
+from typing import Any, Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -103,7 +105,7 @@ class _Overflow:
 
 #: Returned by :meth:`Rule.find` instead of a span when ``max_candidates`` was exceeded.
 OVERFLOW = _Overflow()
-Found = Union[tuple[int, int], _Overflow, None]
+Found = tuple[int, int] | _Overflow | None
 
 
 _WORD = re.compile(r"\w+")
@@ -147,8 +149,15 @@ class Subject:
 class Rule(Protocol):
     """One detector of one category."""
 
-    name: str
-    category: str
+    @property
+    def name(self) -> str:
+        """The rule's name, e.g. ``weapons.instructions`` or ``pii.iban``."""
+        ...
+
+    @property
+    def category(self) -> str:
+        """The category it detects."""
+        ...
 
     def find(self, subject: Subject, max_candidates: int) -> Found:
         """The span of the first match in the subject, :data:`OVERFLOW`, or ``None``."""
@@ -167,6 +176,7 @@ _NEGATION = re.compile(
 )
 _CLAUSE_END = re.compile(r"[.!?;\n]")
 _NEGATION_WINDOW = 60
+_BEFORE_WINDOW = 40
 
 
 def _negated(low: str, start: int) -> bool:
@@ -186,6 +196,9 @@ class ContentRule:
     so ordinary text costs one set intersection. With ``lowered`` the regex reads the
     normalised text (its source must be lowercase), otherwise the original text.
     ``negatable`` rules skip a match preceded by a negation in the same clause.
+    ``before``, when set, must match the normalised text just before a match (up to
+    40 characters, anchored at the match with ``\\Z``): the regex itself starts at a
+    rarer word, which keeps the scan fast.
     """
 
     name: str
@@ -194,6 +207,7 @@ class ContentRule:
     words: frozenset[str] = frozenset()
     lowered: bool = True
     negatable: bool = False
+    before: re.Pattern[str] | None = None
 
     def find(self, subject: Subject, max_candidates: int) -> Found:
         """The span of the first (non-negated) match, :data:`OVERFLOW` or ``None``."""
@@ -202,21 +216,48 @@ class ContentRule:
         low = subject.low
         target = low if self.lowered else subject.text
         search = self.pattern.search
+        before = self.before
         pos = 0
         for _ in range(max_candidates):
             m = search(target, pos)
             if m is None:
                 return None
-            if not (self.negatable and _negated(low, m.start())):
+            start = m.start()
+            if ((before is None or before.search(low, max(0, start - _BEFORE_WINDOW), start))
+                    and not (self.negatable and _negated(low, start))):
                 return m.span()
             pos = max(m.end(), pos + 1)
         return OVERFLOW
 
 
-def _rule(name: str, category: str, source: str, words: str, *,
-          negatable: bool = True) -> ContentRule:
-    return ContentRule(name, category, re.compile(source), frozenset(words.split()), True,
-                       negatable)
+def _ws(source: str) -> str:
+    """``source`` with each literal space outside a character class made ``\\s+``, so
+    line breaks and repeated spaces do not split a phrase."""
+    out, in_class, escaped = [], False, False
+    for ch in source:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            out.append(ch)
+            escaped = True
+        elif ch == "[":
+            in_class = True
+            out.append(ch)
+        elif ch == "]":
+            in_class = False
+            out.append(ch)
+        elif ch == " " and not in_class:
+            out.append(r"\s+")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _rule(name: str, category: str, source: str, words: str, *, negatable: bool = True,
+          before: str | None = None) -> ContentRule:
+    return ContentRule(name, category, re.compile(_ws(source)), frozenset(words.split()), True,
+                       negatable, re.compile(_ws(before) + r"\Z") if before else None)
 
 
 _MAKE = (r"(?:make|making|build|building|assemble|assembling|construct|constructing"
@@ -230,7 +271,8 @@ _WEAPON_NOUNS = (
     "untraceable firearm", "silencer", "suppressor", "chemical weapon", "biological weapon",
     "bioweapon", "bio-weapon",
 )
-_WEAPONS = "(?:" + "|".join(re.escape(n) + "s?" for n in _WEAPON_NOUNS) + ")"
+_WEAPONS = "(?:" + "|".join(" ".join(re.escape(w) for w in n.split()) + "s?"
+                            for n in _WEAPON_NOUNS) + ")"
 # The last word of each noun, singular and plural: one is a whole word of any match.
 _WEAPON_WORDS = " ".join(f"{n.split()[-1]} {n.split()[-1]}s" for n in _WEAPON_NOUNS)
 _DETERMINER = r"(?:(?:a|an|the|some|your own|a homemade|homemade|a working|working)\s+)?"
@@ -246,21 +288,22 @@ _EXPLICIT = (r"(?:erotica|erotic|porno|pornographic|pornography|porn|nudes|nude|
              r"|sexually explicit|explicit sex(?:ual)?|sex scenes?|sexual roleplay|intercourse"
              r"|aroused)")
 
-#: The built-in rules of the seed categories (run on the normalised text).
-SEED_RULES: tuple[ContentRule, ...] = (
-    _rule("weapons.instructions", "weapons",
-          rf"{_LEADS}\s+{_MAKE}\s+{_DETERMINER}{_WEAPONS}\b", _WEAPON_WORDS),
+_REGEX_RULES: tuple[ContentRule, ...] = (
+    _rule("weapons.instructions", "weapons", rf"{_MAKE}\s+{_DETERMINER}{_WEAPONS}\b",
+          _WEAPON_WORDS, before=rf"{_LEADS}\s+"),
     _rule("weapons.recipe", "weapons",
           rf"\b{_WEAPONS}\s+(?:recipe|synthesis route|build instructions|assembly instructions"
           r"|blueprints?)\b", _WEAPON_WORDS),
-    _rule("weapons.poisoning", "weapons",
-          rf"{_LEADS}\s+(?:secretly\s+|slowly\s+|fatally\s+)?poison\s+{_VICTIM}\b"
-          r"|\b(?:undetectable|untraceable)\s+poisons?\b"
-          rf"|\b(?:lethal|fatal)\s+dose\b[^.!?\n]{{0,40}}?\bto\s+(?:kill|poison)\s+{_VICTIM}\b",
-          "poison poisons lethal fatal"),
-    _rule("self_harm.encouragement", "self_harm",
-          r"\b(?:you should|you ought to|you need to|you might as well|go ahead and|why not"
-          rf"|just)\s+(?:just\s+)?{_SELF}\b", "yourself"),
+    _rule("weapons.poisoning", "weapons", rf"poison\s+{_VICTIM}\b", "poison",
+          before=rf"{_LEADS}\s+(?:(?:secretly|slowly|fatally)\s+)?"),
+    _rule("weapons.undetectable_poison", "weapons",
+          r"\b(?:undetectable|untraceable)\s+poisons?\b", "poison poisons"),
+    _rule("weapons.lethal_dose", "weapons",
+          rf"\b(?:lethal|fatal)\s+dose\b[^.!?]{{0,40}}?\bto\s+(?:kill|poison)\s+{_VICTIM}\b",
+          "lethal fatal"),
+    _rule("self_harm.encouragement", "self_harm", rf"{_SELF}\b", "yourself",
+          before=r"\b(?:you should|you ought to|you need to|you might as well|go ahead and"
+                 r"|why not|just)\s+(?:just\s+)?"),
     _rule("self_harm.worthless", "self_harm",
           r"\b(?:you(?:'d| would) be better off dead"
           r"|(?:everyone|the world|your family|they) (?:would|will) be better off without you"
@@ -275,14 +318,72 @@ SEED_RULES: tuple[ContentRule, ...] = (
           r"|\bhere(?:'s| is) how (?:to|you can) (?:kill yourself|end your (?:own )?life"
           r"|commit suicide|hurt yourself)\b",
           "yourself life suicide harm harming"),
-    # Not negatable: a refusal that names the content is blocked too, which is the
-    # safe side for this category.
-    _rule("child_sexual_content.minor_explicit", "child_sexual_content",
-          rf"\b{_MINOR}\b[^.!?\n]{{0,60}}?\b{_EXPLICIT}\b"
-          rf"|\b{_EXPLICIT}\b[^.!?\n]{{0,60}}?\b{_MINOR}\b",
-          "erotica erotic porno pornographic pornography porn nudes nude naked explicit "
-          "scene scenes roleplay intercourse aroused", negatable=False),
 )
+
+_PAIR_GAP = 60
+# Around each term of the first kind the text gets \x01 marks, around each term of the
+# second kind \x02 marks; a close pair is then a closing mark, a short gap without a
+# sentence end or another term, and an opening mark of the other kind.
+_CLOSE_PAIR = re.compile(rf"\x01[^.!?\x01\x02]{{0,{_PAIR_GAP}}}\x02"
+                         rf"|\x02[^.!?\x01\x02]{{0,{_PAIR_GAP}}}\x01")
+
+
+@dataclass(frozen=True)
+class ProximityRule:
+    """A term of one kind within 60 characters of a term of another kind, in either
+    order, in one sentence (no ``.``, ``!`` or ``?`` between them).
+
+    ``first`` and ``second`` each match one term, captured as group 1. It runs only when
+    the text holds a word of each kind (``first_words``, ``second_words``, as for
+    :class:`ContentRule`), and costs two ``split``/``join`` passes and one scan, all in
+    C, however many terms the text repeats. Not negatable.
+    """
+
+    name: str
+    category: str
+    first: re.Pattern[str]
+    second: re.Pattern[str]
+    first_words: frozenset[str]
+    second_words: frozenset[str]
+
+    def find(self, subject: Subject, max_candidates: int) -> Found:
+        """The span from the first term to the second of the first close pair, or ``None``."""
+        words = subject.words
+        if self.first_words.isdisjoint(words) or self.second_words.isdisjoint(words):
+            return None
+        low = subject.low
+        if "\x01" in low or "\x02" in low:  # the marks must be ours (same length, no word)
+            low = low.replace("\x01", " ").replace("\x02", " ")
+        # split() with one group alternates text and terms; join() puts a mark between
+        # every two pieces, that is on both sides of every term.
+        marked = "\x01".join(self.first.split(low))
+        marked = "\x02".join(self.second.split(marked))
+        m = _CLOSE_PAIR.search(marked)
+        if m is None:
+            return None
+        opening = marked.rfind(marked[m.start()], 0, m.start())
+        closing = marked.find(marked[m.end() - 1], m.end())
+
+        def original(i: int) -> int:
+            return i - marked.count("\x01", 0, i) - marked.count("\x02", 0, i)
+
+        return original(opening + 1), original(closing)
+
+
+# A refusal that names the content is flagged too (not negatable): the safe side for
+# this category.
+CHILD_SEXUAL_CONTENT = ProximityRule(
+    "child_sexual_content.minor_explicit", "child_sexual_content",
+    re.compile(_ws(rf"\b({_MINOR})\b")), re.compile(_ws(rf"\b({_EXPLICIT})\b")),
+    frozenset("child children kid kids minor minors underage under preteen preteens pre "
+              "prepubescent toddler toddlers infant infants little schoolgirl schoolgirls "
+              "schoolboy schoolboys old".split()),
+    frozenset("erotica erotic porno pornographic pornography porn nudes nude naked explicit "
+              "scene scenes roleplay intercourse aroused".split()),
+)
+
+#: The built-in rules of the seed categories (run on the normalised text).
+SEED_RULES: tuple[ContentRule | ProximityRule, ...] = (*_REGEX_RULES, CHILD_SEXUAL_CONTENT)
 
 
 def _phrase_source(phrase: str) -> str:
@@ -389,7 +490,8 @@ def _find_email(subject: Subject, max_candidates: int) -> Found:
         max_candidates -= 1
         if max_candidates < 0:
             return OVERFLOW
-        local = _EMAIL_LOCAL_REVERSED.match(reversed_text, n - at).end() - (n - at)
+        run = _EMAIL_LOCAL_REVERSED.match(reversed_text, n - at)
+        local = run.end() - (n - at) if run is not None else 0
         if local:
             m = match(text, at - local, min(n, at + _EMAIL_DOMAIN_MAX))
             if m is not None:

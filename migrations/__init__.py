@@ -1,0 +1,1 @@
+"""Alembic migrations of the PostgreSQL store (see :mod:`llmvigil.adapters.postgres`)."""

@@ -23,6 +23,7 @@ Built-in scorers, each returning a number in [0, 1]:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -114,10 +115,8 @@ def json_fields(output: Any, reference: Mapping[str, Any]) -> float:
         return 0.0
     hits = 0
     for path, expected in reference.items():
-        try:
+        with contextlib.suppress(KeyError):  # a missing field scores 0
             hits += json_equal(get_path(data, path), expected)
-        except KeyError:
-            pass
     return hits / len(reference)
 
 
@@ -320,7 +319,9 @@ def _jsonl_items(path: Path, label: str, problems: Problems) -> list[tuple[int, 
         try:
             out.append((number, json.loads(line)))
         except ValueError as exc:
-            problems.items.append((number, f"{label}:{number}: invalid JSON: {exc}"))
+            bad = Problems(label, line=number)
+            bad.add((), f"invalid JSON: {exc}")
+            problems.extend(bad)
     return out
 
 
@@ -402,7 +403,8 @@ def load_golden(path: str | Path, options: EvalOptions | None = None) -> GoldenS
     items = _check_items(raw, check)
     target = _target(spec, options, label, problems, search)
     for sub in {id(p): p for p, _, _ in raw}.values():
-        problems.items.extend(sub.items)
+        if sub is not problems:
+            problems.extend(sub)
     if not problems and not items:
         problems.add((), "no items to evaluate")
     problems.raise_if_any()
@@ -418,64 +420,60 @@ def load_golden(path: str | Path, options: EvalOptions | None = None) -> GoldenS
 def _resolve_scorer(name: str, params: dict[str, Any], problems: Problems,
                     search: tuple[str, ...], *, from_cli: bool
                     ) -> tuple[ScorerFn | None, Callable[[Any], str | None] | None]:
+    """The scorer function and its reference check; ``params`` are validated in place."""
+    where = Problems("command line") if from_cli else problems
     loc: tuple[Any, ...] = ("scorer",)
-    cli = Problems("--scorer", None)
+    fn: ScorerFn | None = None
+    check: Callable[[Any], str | None] | None = None
     builtin = BUILTIN_SCORERS.get(name)
     if builtin is not None:
         try:
             valid = builtin.params.model_validate(params).model_dump()
         except ValidationError as exc:
-            (cli if from_cli else problems).add_validation(exc, builtin.params, loc)
-            problems.items.extend(cli.items)
-            return None, None
-        params.clear()
-        params.update(valid)
-        return builtin.fn, builtin.check_reference
-    if not _IMPORT_PATH.match(name):
-        message = (f"unknown scorer {name!r}; built-in scorers: "
-                   f"{', '.join(BUILTIN_SCORERS)}, or 'module:function' for your own")
-        if from_cli:
-            problems.items.append((0, f"--scorer: {message}"))
+            where.add_validation(exc, builtin.params, loc)
         else:
-            problems.add(loc, message)
-        return None, None
-    try:
-        return resolve_import(name, search), None
-    except ValueError as exc:
-        if from_cli:
-            problems.items.append((0, f"--scorer: {exc}"))
-        else:
-            problems.add(loc, str(exc))
-        return None, None
+            params.clear()
+            params.update(valid)
+            fn, check = builtin.fn, builtin.check_reference
+    elif not _IMPORT_PATH.match(name):
+        where.add(loc, f"unknown scorer {name!r}; built-in scorers: "
+                       f"{', '.join(BUILTIN_SCORERS)}, or 'module:function' for your own")
+    else:
+        try:
+            fn = resolve_import(name, search)
+        except ValueError as exc:
+            where.add(loc, str(exc))
+    if where is not problems:
+        problems.extend(where)
+    return fn, check
 
 
 def _target(spec: EvalFile, options: EvalOptions, label: str, problems: Problems,
             search: tuple[str, ...]) -> TargetSpec:
+    """The file's target with the command line's ``--target``/``--model``/``--base-url``."""
     target = TargetSpec.merge(spec)
-    from_cli = options.target is not None or options.model is not None
+    cli = Problems("command line")
     if options.target is not None and options.model is not None:
-        problems.items.append((0, "command line: give --target or --model, not both"))
-        return target
-    if options.target is not None:
-        if not _IMPORT_PATH.match(options.target):
-            problems.items.append((0, f"--target: expected 'module:function', got "
-                                      f"{options.target!r}"))
-            return target
+        cli.add(("target",), "give --target or --model, not both")
+    elif options.target is not None and not _IMPORT_PATH.match(options.target):
+        cli.add(("target",), f"expected 'module:function', got {options.target!r}")
+    elif options.target is not None:
         target = _replace(target, callable=options.target, model=None)
     elif options.model is not None:
         target = _replace(target, model=options.model, callable=None)
     if options.base_url is not None:
         target = _replace(target, base_url=options.base_url)
-    if target.callable is None and target.model is None:
-        problems.items.append((0, f"{label}: no target to evaluate: give 'callable:' or "
-                                  "'model:' in a YAML golden file, or --target "
-                                  "module:function / --model NAME"))
+    if cli:
+        problems.extend(cli)
         return target
-    where = Problems("command line", None) if from_cli else problems
+    if target.callable is None and target.model is None:
+        problems.add((), "no target to evaluate: give 'callable:' or 'model:' in a YAML "
+                         "golden file, or --target module:function / --model NAME")
+        return target
+    from_cli = options.target is not None or options.model is not None
+    where = cli if from_cli else problems
     resolved = target.resolve((), where, search)
-    if where is not problems:
-        problems.items.extend((0, text.replace("command line: (top level): ", "command line: ")
-                               ) for _, text in where.items)
+    problems.extend(cli)
     return resolved
 
 

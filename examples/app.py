@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 import llmvigil
 
 FEATURES = {"extract_dates": 0.5, "summarise": 0.3, "classify": 0.2}
-MODELS = {"extract_dates": "claude-sonnet-4-5", "summarise": "claude-haiku-4-5",
+MODELS = {"extract_dates": "claude-sonnet-4-6", "summarise": "claude-haiku-4-5",
           "classify": "claude-haiku-4-5"}
 
 

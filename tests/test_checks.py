@@ -228,7 +228,8 @@ def _adversarial() -> dict[str, str]:
         "months": "January " * (n // 8), "month_digits": "4 March " * (n // 8),
         "commas": "1," * (n // 2), "thousands": "1,000" * (n // 5), "quote_open": '"' + "a" * n,
         "quotes": '"a' * (n // 2), "curly": "\u201c" * n, "words": "the " * (n // 4),
-        "brackets": "[" * n, "mixed": "".join(rng.choice("0123456789/.-, \"ab\n") for _ in range(n)),
+        "brackets": "[" * n,
+        "mixed": "".join(rng.choice("0123456789/.-, \"ab\n") for _ in range(n)),
         "truncated": "x" * n + "...[truncated 5 chars]",
     }
 

@@ -129,27 +129,36 @@ class Problems:
 
     Args:
         label: how the file is named in messages (the path as the user gave it).
-        root: the YAML node tree (for line numbers); ``None`` for non-YAML input.
-        line: the line to report when ``root`` is ``None`` (a JSON-lines record).
+        root: the YAML node tree (for line numbers); ``None`` for other input.
+        line: the line to report when ``root`` is ``None`` (a JSON-lines record);
+            with neither, messages carry no line (``--scorer: ...``).
     """
 
-    def __init__(self, label: str, root: yaml.Node | None, line: int | None = None) -> None:
+    def __init__(self, label: str, root: yaml.Node | None = None,
+                 line: int | None = None) -> None:
         self.label = label
         self.root = root
         self.line = line
         self.items: list[tuple[int, str]] = []
 
+    def _line_of(self, loc: Loc) -> int | None:
+        if self.root is not None:
+            return _line(self.root, loc)
+        return self.line
+
     def where(self, loc: Loc) -> str:
-        """``file:line`` of the value at ``loc``."""
-        line = self.line if self.root is None and self.line is not None else _line(
-            self.root, loc)
-        return f"{self.label}:{line}"
+        """``file:line`` of the value at ``loc`` (just ``file`` without line numbers)."""
+        line = self._line_of(loc)
+        return self.label if line is None else f"{self.label}:{line}"
 
     def add(self, loc: Loc, message: str) -> None:
         """Note a problem with the value at ``loc``."""
-        line = self.line if self.root is None and self.line is not None else _line(
-            self.root, loc)
-        self.items.append((line or 0, f"{self.label}:{line}: {_dotted(loc)}: {message}"))
+        key = f"{_dotted(loc)}: " if loc else ""
+        self.items.append((self._line_of(loc) or 0, f"{self.where(loc)}: {key}{message}"))
+
+    def extend(self, other: Problems) -> None:
+        """Take the problems noted in ``other`` (another file, the command line)."""
+        self.items.extend(other.items)
 
     def add_validation(self, exc: ValidationError, model: type[BaseModel] | None,
                        base: Loc = ()) -> None:

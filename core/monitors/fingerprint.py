@@ -10,9 +10,10 @@ records the provider-reported model id (``span.response_model``,
 call, and the settings refuse them.
 
 After a feature's warm-up (``warmup_spans`` spans and ``warmup_s`` seconds), an id
-never seen before for that feature (which already had one) raises a ``fingerprint.changed`` Alert naming the
-new id and the ones known before, at most once per ``cooldown_s`` per feature (ids
-first seen during the cooldown are reported together when it ends). Every
+never seen before for that feature (which already had one) raises a
+``fingerprint.changed`` Alert naming the new id and the ones known before, at most
+once per ``cooldown_s`` per feature (ids first seen during the cooldown are reported
+together when it ends). Every
 ``emit_interval_s`` it publishes ``fingerprint.distinct`` per feature and kind
 (``model`` or ``fingerprint``): the number of distinct ids seen over ``window_s``.
 """

@@ -55,7 +55,7 @@ TABLE = "review_queue"
 
 _DDL = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     key TEXT NOT NULL UNIQUE,
     created_ns INTEGER NOT NULL,
     status TEXT NOT NULL DEFAULT 'open',
@@ -223,11 +223,11 @@ class ReviewQueue:
         marks = ", ".join("?" for _ in _NEW_COLUMNS)
 
         def insert(conn: sqlite3.Connection) -> int | None:
+            if conn.execute(f"SELECT 1 FROM {TABLE} WHERE key = ?", (item.key,)).fetchone():
+                return None
             cur = conn.execute(
-                f"INSERT OR IGNORE INTO {TABLE} ({', '.join(_NEW_COLUMNS)}) VALUES ({marks})",
-                values,
-            )
-            return cur.lastrowid if cur.rowcount else None
+                f"INSERT INTO {TABLE} ({', '.join(_NEW_COLUMNS)}) VALUES ({marks})", values)
+            return cur.lastrowid
 
         result: int | None = self._write(insert)
         return result

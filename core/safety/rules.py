@@ -254,9 +254,13 @@ def _ws(source: str) -> str:
     return "".join(out)
 
 
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 def _rule(name: str, category: str, source: str, words: str, *, negatable: bool = True,
           before: str | None = None) -> ContentRule:
-    return ContentRule(name, category, re.compile(_ws(source)), frozenset(words.split()), True,
+    return ContentRule(name, category, re.compile(_ws(source)), _words(words), True,
                        negatable, re.compile(_ws(before) + r"\Z") if before else None)
 
 
@@ -375,11 +379,11 @@ class ProximityRule:
 CHILD_SEXUAL_CONTENT = ProximityRule(
     "child_sexual_content.minor_explicit", "child_sexual_content",
     re.compile(_ws(rf"\b({_MINOR})\b")), re.compile(_ws(rf"\b({_EXPLICIT})\b")),
-    frozenset("child children kid kids minor minors underage under preteen preteens pre "
-              "prepubescent toddler toddlers infant infants little schoolgirl schoolgirls "
-              "schoolboy schoolboys old".split()),
-    frozenset("erotica erotic porno pornographic pornography porn nudes nude naked explicit "
-              "scene scenes roleplay intercourse aroused".split()),
+    _words("child children kid kids minor minors underage under preteen preteens pre "
+           "prepubescent toddler toddlers infant infants little schoolgirl schoolgirls "
+           "schoolboy schoolboys old"),
+    _words("erotica erotic porno pornographic pornography porn nudes nude naked explicit "
+           "scene scenes roleplay intercourse aroused"),
 )
 
 #: The built-in rules of the seed categories (run on the normalised text).

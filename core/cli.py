@@ -86,6 +86,8 @@ def config_check(
 @app.command()
 def backends(
     check: Annotated[bool, typer.Option(help="Test connectivity of configured backends.")] = False,
+    markdown: Annotated[bool, typer.Option(help="Print the capability table as Markdown.")]
+    = False,
     config: ConfigOpt = None,
 ) -> None:
     """List registered backend adapters and what each can hold."""
@@ -94,6 +96,9 @@ def backends(
 
     pm = new_plugin_manager()
     infos = adapter_infos(pm)
+    if markdown:
+        print(_capability_markdown(infos, RECORD_KINDS))
+        return
     table = Table(title="backend adapters")
     table.add_column("name", style="bold")
     table.add_column("extra")
@@ -106,6 +111,17 @@ def backends(
     out.print(table)
     if check:
         _check_backends(config, infos)
+
+
+def _capability_markdown(infos: dict[str, Any], kinds: tuple[str, ...]) -> str:
+    """The capability table: one row per adapter, one column per record kind."""
+    lines = ["| backend | extra | " + " | ".join(k.replace("_", " ") for k in kinds) + " |",
+             "|---|---|" + "---|" * len(kinds)]
+    for name, info in sorted(infos.items()):
+        cells = [info.capabilities.holds.get(k, "**not held**").replace("|", "/")
+                 for k in kinds]
+        lines.append(f"| `{name}` | {info.extra or '-'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _check_backends(config: Path | None, infos: dict[str, Any]) -> None:

@@ -156,9 +156,12 @@ def _print_run(report: RunReport, suite: CanarySuite) -> None:
     for r in report.results:
         label = f"[{styles[r.label]}]{r.label}[/]" + (" [yellow](changed)[/]"
                                                        if r.case in changed else "")
-        details = "\n".join(f"{f.expectation}: {f.message}" for f in r.failures) \
-            if r.failures else _values_text(r.values)
-        table.add_row(escape(r.case), label, f"{r.duration_s:.2f}s", escape(_short(details, 200)))
+        if r.failures:
+            details = "\n".join(_short(f"{f.expectation}: {f.message}", 160)
+                                for f in r.failures)
+        else:
+            details = _short(_values_text(r.values) or f"output: {r.output}", 160)
+        table.add_row(escape(r.case), label, f"{r.duration_s:.2f}s", escape(details))
     out.print(table)
     if report.previous_time_ns is None:
         out.print(f"first run of {suite.name}: its outcomes are stored for comparison "

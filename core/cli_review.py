@@ -137,11 +137,11 @@ def list_items(
                   f"in {path}")
         return
     table = Table(title=f"review queue ({status.value})")
-    for col in ("id", "created", "status", "flagged by", "action", "category", "feature",
-                "reason", "decision"):
-        table.add_column(col, no_wrap=col != "reason")
+    for col in ("id", "created", "status", "by", "action", "category", "feature", "reason",
+                "decision"):
+        table.add_column(col, overflow="fold", min_width=16 if col == "reason" else None)
     for i in items:
-        table.add_row(str(i.id), _when(i.created_ns), i.status, i.source, i.action,
+        table.add_row(str(i.id), _when(i.created_ns)[5:16], i.status, i.source, i.action,
                       i.category or "-", i.feature or "-",
                       _short(redactor.text(i.reason), 60), i.decision or "-")
     out.print(table)
@@ -149,7 +149,7 @@ def list_items(
 
 @app.command()
 def show(
-    item_id: Annotated[int, typer.Argument(metavar="ID", help="The item's id (see list).")],
+    item_id: Annotated[int, typer.Argument(help="The item's id (see list).")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     config: ConfigOpt = None,
     store: StoreOpt = None,
@@ -186,7 +186,7 @@ def show(
 
 @app.command()
 def resolve(
-    item_id: Annotated[int, typer.Argument(metavar="ID", help="The item's id (see list).")],
+    item_id: Annotated[int, typer.Argument(help="The item's id (see list).")],
     decision: Annotated[Decision, typer.Option(help="allow: the response was fine; "
                                                     "block: it was not.")],
     note: Annotated[str, typer.Option(help="Why; kept with the decision.")] = "",

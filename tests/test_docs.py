@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import llmvigil
 import pytest
 from anthropic_server import AnthropicServer, Script
-
-import llmvigil
 from llmvigil.adapters.local import LocalStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,3 +68,14 @@ def test_example_config_loads_and_names_every_section() -> None:
         if section != "source":
             assert re.search(rf"^{section}:", text, re.M), section
     assert [b.name for b in cfg.backends] == ["local"]
+
+
+def test_readme_capability_table_is_generated_from_the_adapters() -> None:
+    import subprocess
+    import sys
+
+    table = subprocess.run([sys.executable, "-m", "llmvigil.core.cli", "backends",
+                            "--markdown"], capture_output=True, text=True, check=True).stdout
+    start, end = "<!-- capabilities:start -->\n", "\n<!-- capabilities:end"
+    documented = README.split(start)[1].split(end)[0]
+    assert documented == table.strip(), "run `vigil backends --markdown` and paste it into README"

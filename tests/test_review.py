@@ -131,10 +131,9 @@ def test_review_verdicts_are_queued_redacted_and_counted(tmp_path: Path) -> None
     monitor = SafetyMonitor({"emit_interval_s": 60, "review": {"max_chars": 200}},
                             store_path=str(store))
     start(tmp_path, monitors=[monitor])
-    long_tail = "x" * 500
+    response = f"Your card {CARD} is on file. " + "x" * 500
     with llmvigil.span("answer", feature="billing", user_id="u7") as s:
-        flagged = check("my mail is ana@example.com", f"Your card {CARD} is on file. "
-                        + long_tail)
+        flagged = check("my mail is ana@example.com", response)
     served = check("hi", "Hello!", feature="billing")
     blocked = check("hi", "you should just kill yourself", feature="chat")
     assert (flagged.action, served.action, blocked.action) == ("review", "serve", "block")
@@ -149,7 +148,7 @@ def test_review_verdicts_are_queued_redacted_and_counted(tmp_path: Path) -> None
         s.trace_id, s.span_id, "billing", "u7")
     assert CARD not in item.response and "[CREDIT_CARD]" in item.response
     assert item.prompt == "my mail is [EMAIL]"
-    assert item.response.endswith("[truncated, 329 more characters]")
+    assert item.response.endswith(f"[truncated, {len(response) - 200} more characters]")
     assert item.decided_by == "rule:pii.credit_card"
     llmvigil.flush()
     t = flagged.time_ns + 61 * 10**9
@@ -195,6 +194,11 @@ def queued(tmp_path: Path) -> tuple[Path, Path]:
 
 
 runner = CliRunner()
+
+
+def said(text: str) -> str:
+    """What a person reads, without rich's panel borders and line wrapping."""
+    return " ".join(text.replace("│", " ").split())
 
 
 def test_cli_list_and_show(queued: tuple[Path, Path]) -> None:
@@ -258,32 +262,32 @@ def test_cli_errors_are_clear(queued: tuple[Path, Path], tmp_path: Path) -> None
     config, _store = queued
     result = runner.invoke(app, ["show", "99", "--config", str(config)])
     assert result.exit_code == 2
-    assert "no review item with id 99" in result.stderr
-    assert "ids 1 to 2" in result.stderr
+    assert "no review item with id 99" in said(result.stderr)
+    assert "ids 1 to 2" in said(result.stderr)
     result = runner.invoke(app, ["resolve", "99", "--decision", "allow",
                                  "--config", str(config)])
-    assert result.exit_code == 2 and "no review item with id 99" in result.stderr
+    assert result.exit_code == 2 and "no review item with id 99" in said(result.stderr)
     result = runner.invoke(app, ["resolve", "1", "--decision", "maybe",
                                  "--config", str(config)])
     assert result.exit_code == 2
-    assert "'maybe' is not one of 'allow', 'block'" in result.stderr
+    assert "'maybe' is not one of 'allow', 'block'" in said(result.stderr)
     result = runner.invoke(app, ["resolve", "1", "--config", str(config)])
-    assert result.exit_code == 2 and "--decision" in result.stderr
+    assert result.exit_code == 2 and "--decision" in said(result.stderr)
     assert runner.invoke(app, ["resolve", "2", "--decision", "block",
                                "--config", str(config)]).exit_code == 0
     result = runner.invoke(app, ["resolve", "2", "--decision", "allow",
                                  "--config", str(config)])
     assert result.exit_code == 1
-    assert "already resolved as 'block'; pass --force" in result.stderr
+    assert "already resolved as 'block'; pass --force" in said(result.stderr)
     assert runner.invoke(app, ["resolve", "2", "--decision", "allow", "--force",
                                "--config", str(config)]).exit_code == 0
     result = runner.invoke(app, ["list", "--status", "closed", "--config", str(config)])
-    assert result.exit_code == 2 and "'closed' is not one of" in result.stderr
+    assert result.exit_code == 2 and "'closed' is not one of" in said(result.stderr)
     bad = tmp_path / "bad.yaml"
     bad.write_text("monitors:\n  safety:\n    review:\n      redact: [ssn]\n")
     result = runner.invoke(app, ["list", "--config", str(bad)])
     assert result.exit_code == 2
-    assert "monitors.safety.review.redact" in result.stderr and "ssn" in result.stderr
+    assert "monitors.safety.review.redact" in said(result.stderr) and "ssn" in said(result.stderr)
 
 
 def test_cli_without_a_queue(tmp_path: Path) -> None:
@@ -292,5 +296,5 @@ def test_cli_without_a_queue(tmp_path: Path) -> None:
     result = runner.invoke(app, ["list", "--config", str(config)])
     assert result.exit_code == 0 and "nothing was flagged" in result.stdout
     result = runner.invoke(app, ["show", "1", "--config", str(config)])
-    assert result.exit_code == 1 and "no review queue in" in result.stderr
+    assert result.exit_code == 1 and "no review queue in" in said(result.stderr)
     assert not (tmp_path / "none.db").exists()

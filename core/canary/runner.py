@@ -339,12 +339,10 @@ def _score(result: CaseResult, suite: CanarySuite, run_id: str) -> Score:
 def _alert(case: str, changes: Sequence[Change], result: CaseResult, suite: CanarySuite,
            run_id: str) -> Alert:
     status = next((c for c in changes if c.kind == "status"), None)
-    if status is not None and status.before and not status.after:
-        severity = "error"
-    elif status is not None and not [c for c in changes if c.kind == "value"]:
-        severity = "info"  # a recovery: fail -> pass and nothing else moved
+    if status is None:
+        severity = "warning"  # still passing (or still failing), but its values moved
     else:
-        severity = "warning"
+        severity = "info" if status.after else "error"  # a recovery, or a new failure
     what = "; ".join(c.describe() for c in changes)
     return Alert(
         rule="canary_change", severity=severity,

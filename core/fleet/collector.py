@@ -121,8 +121,10 @@ class Collector:
                 "prompts and answers without authentication, so it binds loopback by "
                 "default; pass --host explicitly to listen on a network interface")
         if submit is None:
-            from ..capture import emit as submit
-        self.submit = submit
+            from ..capture import emit
+
+            submit = emit
+        self.submit: Callable[[Any], None] = submit
         self.room = room
         self.sample_rate = float(sample_rate)
         self.sampled_out = sampled_out
@@ -286,6 +288,10 @@ class _TooLarge(Exception):
     pass
 
 
+class _LengthRequired(ValueError):
+    pass
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -325,10 +331,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
-        self.timeout = self.server.collector.request_timeout_s
+        self.request.settimeout(self.server.collector.request_timeout_s)
         super().setup()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s - %s", self.address_string(), format % args)
 
     def _send(self, code: int, body: bytes, headers: dict[str, str]) -> None:
@@ -345,7 +351,7 @@ class _Handler(BaseHTTPRequestHandler):
         status, body, headers = _status(code, message, media)
         self._send(status, body, headers)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         if self.path.split("?", 1)[0] not in ("/healthz", "/"):
             self.close_connection = True
             self._fail(404, "not found; send traces to POST /v1/traces")
@@ -355,7 +361,16 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.dumps({"status": "stopping" if stats["stopping"] else "ok", **stats})
         self._send(code, body.encode(), {"Content-Type": JSON})
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+    def _not_allowed(self) -> None:
+        self.close_connection = True
+        status, body, headers = _status(405, f"method {self.command} not allowed; "
+                                             "send traces with POST /v1/traces", JSON)
+        headers["Allow"] = "POST, GET"
+        self._send(status, body, headers)
+
+    do_PUT = do_DELETE = do_PATCH = _not_allowed
+
+    def do_POST(self) -> None:
         collector = self.server.collector
         media = _MEDIA.get(self.headers.get("Content-Type", "").split(";", 1)[0]
                            .strip().lower(), "")
@@ -387,7 +402,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except ValueError as exc:
             self.close_connection = True
-            self._fail(400 if "Length" not in str(exc) else 411, str(exc), error_media)
+            self._fail(411 if isinstance(exc, _LengthRequired) else 400, str(exc), error_media)
             return
         if not media:
             self._fail(415, f"unsupported Content-Type "
@@ -423,7 +438,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._read_chunked(limit)
         length = self.headers.get("Content-Length")
         if length is None:
-            raise ValueError("Content-Length is required (or chunked transfer encoding)")
+            raise _LengthRequired("Content-Length is required (or chunked transfer encoding)")
         try:
             size = int(length)
         except ValueError:

@@ -25,7 +25,6 @@ id, and reading goes on.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hashlib
 import json
@@ -39,12 +38,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import msgspec
 
 from ...plugins.hookspecs import hookimpl
-from ...plugins.types import RECORD_KINDS, ImporterInfo
+from ...plugins.types import RECORD_KINDS, Importer, ImporterInfo
 from ..errors import ConfigError, InputFileError, MissingExtraError, PluginError
 from ..model import (
     Alert,
@@ -58,7 +57,6 @@ from ..model import (
     Usage,
     decode,
     encode,
-    to_builtins,
 )
 from ..store_queries import DEFAULT_STORE_PATH, TABLES, connect_readonly
 from . import Skipped, record_kind, record_time
@@ -229,16 +227,19 @@ def _w3c(value: str, bits: int) -> bool:
             and int(value, 16) != 0)
 
 
+def _primitive(value: Any) -> bool:
+    return isinstance(value, (bool, str, float)) or (
+        isinstance(value, int) and -(2**63) <= value < 2**63)
+
+
 def _needs_json(value: Any) -> bool:
-    """Whether the otlp encoding turns ``value`` into a JSON string (see ``attr_value``)."""
-    if value is None or isinstance(value, (bool, str, float)):
+    """Whether the otlp encoding turns ``value`` into a JSON string (see ``attr_value``):
+    anything but ``None``, a primitive or a non-empty list of primitives of one type."""
+    if value is None or _primitive(value):
         return False
-    if isinstance(value, int):
-        return not -(2**63) <= value < 2**63
     if isinstance(value, (list, tuple)) and value:
         first = type(value[0])
-        return not all(type(v) is first and not _needs_json(v)
-                       and isinstance(v, (bool, str, float, int)) for v in value)
+        return not all(type(v) is first and _primitive(v) for v in value)
     return True
 
 
@@ -332,7 +333,7 @@ class OtlpJsonCodec:
         except ModuleNotFoundError as exc:
             raise MissingExtraError("otlp-json files", "otlp", exc.name or "?") from exc
         info = get_adapter(pm if pm is not None else new_plugin_manager(), "otlp")
-        backend = info.factory({"endpoint": "http://127.0.0.1:9/v1/traces",
+        backend: Any = info.factory({"endpoint": "http://127.0.0.1:9/v1/traces",
                                 "service": service, "compression": "none"})
         missing = [name for name in self._BUILDERS if not hasattr(backend, name)]
         if missing:
@@ -468,9 +469,9 @@ class OtlpJsonCodec:
         derived.extend(_ALWAYS_DERIVED)
         if span.operation is None:
             derived.append("gen_ai.operation.name")
-        if span.usage is not None and not to_builtins(span)["usage"]:
+        if span.usage is not None and not msgspec.to_builtins(span.usage):
             hints["gen_ai.usage.input_tokens"] = 0  # an all-zero usage is still a usage
-        if span.stream is not None and not to_builtins(span)["stream"]:
+        if span.stream is not None and not msgspec.to_builtins(span.stream):
             hints[f"{_STREAM}items"] = 0
         if span.error is not None and span.status != "error" and not span.error_type:
             hints[H_ERROR] = span.error  # no exception event carries it
@@ -583,10 +584,9 @@ class OtlpJsonCodec:
             fields["error_type"] = error_type
         name = attrs.pop(H_NAME, proto.name)
         end_ns = int(attrs.pop(H_END, proto.end_time_unix_nano))
-        if not ours:  # the messages duplicate llmvigil.input/output only when we wrote them
+        if ours:  # written for OpenTelemetry tools from the fields above, hint or not
             for key in _ALWAYS_DERIVED:
-                if key == "gen_ai.provider.name" and attrs.get(key) == fields.get("provider"):
-                    attrs.pop(key)
+                attrs.pop(key, None)
         return Span(
             id=span_id, trace_id=trace_id, parent_id=parent_id, name=str(name),
             kind=str(kind), start_ns=int(proto.start_time_unix_nano), end_ns=end_ns,
@@ -729,6 +729,7 @@ def _metric_id(name: str, time_ns: int, labels: Mapping[str, str]) -> str:
 
 def read_otlp_json(path: Path, codec: OtlpJsonCodec) -> Iterator[Item]:
     """Yield the records of an OTLP/JSON file: one request per line, or one document."""
+    first = True
     with path.open("rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -737,22 +738,24 @@ def read_otlp_json(path: Path, codec: OtlpJsonCodec) -> Iterator[Item]:
             try:
                 doc = json.loads(line)
             except ValueError as exc:
-                if lineno == 1 and line.lstrip().startswith(b"{"):
-                    yield from _whole_document(path, codec)
-                    return
+                if first and line.lstrip().startswith(b"{"):
+                    whole = _whole_document(path)
+                    if whole is not None:
+                        yield from codec.decode_line(whole, str(path))
+                        return
                 yield Skipped(f"malformed JSON ({exc})", where)
+                first = False
                 continue
+            first = False
             yield from codec.decode_line(doc, where)
 
 
-def _whole_document(path: Path, codec: OtlpJsonCodec) -> Iterator[Item]:
-    """A pretty-printed OTLP/JSON file: one request spread over many lines."""
+def _whole_document(path: Path) -> Any:
+    """A pretty-printed OTLP/JSON file (one request over many lines), or ``None``."""
     try:
-        doc = json.loads(path.read_bytes())
-    except ValueError as exc:
-        yield Skipped(f"malformed JSON ({exc})", f"{path}:1")
-        return
-    yield from codec.decode_line(doc, str(path))
+        return json.loads(path.read_bytes())
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -1030,7 +1033,7 @@ class LocalImporter:
                            + (f" WHERE {' AND '.join(where)}" if where else "")
                            + f" ORDER BY {t}, id LIMIT {_PAGE}")
                     rows = conn.execute(sql, args).fetchall()
-                    for time_ns, rid, data in rows:
+                    for _time, rid, data in rows:
                         try:
                             yield decode(data)
                         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -1054,15 +1057,18 @@ def _tables(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in rows}
 
 
+def _importer(cls: type) -> Callable[[Mapping[str, Any]], Importer]:
+    # Importer.read is typed Iterator[Record]; these also yield Skipped (see the package
+    # docstring), which the engine expects from any importer.
+    return cast("Callable[[Mapping[str, Any]], Importer]", cls)
+
+
 @hookimpl
 def llmvigil_importers() -> list[ImporterInfo]:
     return [
-        ImporterInfo(name="file", factory=FileImporter,
+        ImporterInfo(name="file", factory=_importer(FileImporter),
                      description="an export file: JSON lines of llmvigil records or OTLP/JSON"),
-        ImporterInfo(name="local", factory=LocalImporter,
+        ImporterInfo(name="local", factory=_importer(LocalImporter),
                      description="the local SQLite store (store.path)"),
     ]
 
-
-# Silence "imported but unused" for names kept for typing clarity.
-_ = (binascii,)

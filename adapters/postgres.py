@@ -30,6 +30,7 @@ false for a role without DDL rights: the schema must then be migrated by hand).
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import os
@@ -259,6 +260,7 @@ class _Statements:
         types = _copy_types(spec)
         self.copy_types = types
         self.text_positions = tuple(i for i, t in enumerate(types) if t == "text")
+        self.json_positions = tuple(i for i, n in enumerate(names) if n == "labels")
         self.create_temp = (
             f"CREATE TEMP TABLE IF NOT EXISTS {temp} "
             f"({', '.join(f'{n} {t}' for n, t in zip(names, types, strict=True))}) "
@@ -277,14 +279,22 @@ class _Statements:
 _STATEMENTS: dict[str, _Statements] = {kind: _Statements(spec) for kind, spec in TABLES.items()}
 
 
-def _without_nul(row: tuple[Any, ...], positions: tuple[int, ...]) -> tuple[Any, ...]:
-    """PostgreSQL text cannot hold NUL: replace it in the query columns (``data`` keeps it)."""
-    if not any(isinstance(row[i], str) and "\x00" in row[i] for i in positions):
+def _without_nul(row: tuple[Any, ...], statements: _Statements) -> tuple[Any, ...]:
+    """Replace NUL, which PostgreSQL text and jsonb refuse, in the query columns.
+
+    The stored record (``data``) keeps it.
+    """
+    # The query columns come from the record, whose JSON (``data``, last) escapes NUL
+    # as \u0000: one bytes search clears almost every row.
+    if b"\\u0000" not in row[-1]:
         return row
     out = list(row)
-    for i in positions:
+    for i in statements.text_positions:
         if isinstance(out[i], str):
             out[i] = out[i].replace("\x00", "\ufffd")
+    for i in statements.json_positions:  # JSON text: NUL is escaped there
+        if isinstance(out[i], str):
+            out[i] = out[i].replace("\\u0000", "\\ufffd")
     return tuple(out)
 
 
@@ -447,7 +457,7 @@ class PostgresStore:
             if entry is None:
                 raise TypeError(f"not an llmvigil record: {type(record).__name__}")
             kind, to_row = entry
-            row = _without_nul(to_row(record), _STATEMENTS[kind].text_positions)
+            row = _without_nul(to_row(record), _STATEMENTS[kind])
             rows.setdefault(kind, {})[row[0]] = row
 
         def upsert(conn: psycopg.Connection[Any]) -> None:
@@ -518,7 +528,7 @@ class PostgresStore:
                 conn: psycopg.Connection[Any], q: str = sql, a: tuple[Any, ...] = query_args
             ) -> list[Any]:
                 with conn.transaction():
-                    return conn.execute(q, a).fetchall()  # type: ignore[arg-type]
+                    return conn.execute(q, a).fetchall()
 
             page: list[Any] = self._run(fetch)
             for row in page:
@@ -610,12 +620,11 @@ class PostgresBackend:
     """
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
-        try:
-            import alembic  # noqa: F401
-            import psycopg  # noqa: F401
-            import sqlalchemy  # noqa: F401
-        except ModuleNotFoundError as exc:
-            raise MissingExtraError("postgres", "postgres", exc.name or "psycopg") from exc
+        # Alembic and SQLAlchemy are imported only when a migration runs; look them up
+        # now so a missing extra is reported at init, not at the first export.
+        for module in ("psycopg", "alembic", "sqlalchemy"):
+            if importlib.util.find_spec(module) is None:
+                raise MissingExtraError("postgres", "postgres", module)
         timeout_s = float(settings.get("timeout_s", 10.0))
         if timeout_s <= 0:
             raise ConfigError(f"backends.postgres.timeout_s: must be > 0, got {timeout_s}")

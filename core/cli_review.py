@@ -124,7 +124,8 @@ def list_items(
         if as_json:
             out.print_json("[]")
         else:
-            out.print(f"no review queue in {path} yet: nothing was flagged for review")
+            out.print(f"no review queue in {path} yet: nothing was flagged for review",
+                      soft_wrap=True, highlight=False)
         return
     with _open(path) as queue:
         items = queue.items(None if status is Status.all else status.value, feature=feature,
@@ -134,7 +135,7 @@ def list_items(
         return
     if not items:
         out.print(f"no {'' if status is Status.all else status.value + ' '}review items "
-                  f"in {path}")
+                  f"in {path}", soft_wrap=True, highlight=False)
         return
     table = Table(title=f"review queue ({status.value})")
     for col in ("id", "created", "status", "by", "action", "category", "feature", "reason",
@@ -227,10 +228,11 @@ def resolve(
         finally:
             runtime.shutdown()
     out.print(f"item {item.id}: {decision.value} (reviewer {who or '-'}); "
-              f"score {score.id} published to {backends}", highlight=False)
+              f"score {score.id} published to {backends}", highlight=False, soft_wrap=True)
     if not delivered:
         err.print("warning: not every backend confirmed delivery in time; the score is "
-                  "journaled and re-sent by the next llmvigil process", highlight=False)
+                  "journaled and re-sent by the next llmvigil process", highlight=False,
+                  soft_wrap=True)
 
 
 def _os_user() -> str | None:

@@ -173,11 +173,13 @@ class _NumericParams(_Params):
 def _text_reference(ref: Any) -> str | None:
     if isinstance(ref, str) or (isinstance(ref, list) and all(isinstance(r, str) for r in ref)):
         return None
-    return "expected a string or a list of strings"
+    return f"expected a string or a list of strings, got {_show(ref, ())}"
 
 
 def _mapping_reference(ref: Any) -> str | None:
-    return None if isinstance(ref, dict) else "expected a mapping of JSON path -> value"
+    if isinstance(ref, dict):
+        return None
+    return f"expected a mapping of JSON path -> value, got {_show(ref, ())}"
 
 
 def _number_reference(ref: Any) -> str | None:
@@ -345,8 +347,7 @@ def _check_items(raw: Sequence[tuple[Problems, tuple[Any, ...], Any]],
         if check_reference is not None:
             problem = check_reference(item.reference)
             if problem:
-                problems.add((*loc, "reference"), f"{problem}, got "
-                                                  f"{_show(item.reference, ())}")
+                problems.add((*loc, "reference"), problem)
                 continue
         items.append(GoldenItem(item_id, item.input, item.reference, problems.where(loc)))
     return items

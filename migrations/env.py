@@ -12,7 +12,6 @@ It never configures logging: it runs inside applications that own theirs.
 from __future__ import annotations
 
 from alembic import context
-
 from llmvigil.core.store_postgres import VERSION_TABLE
 
 config = context.config

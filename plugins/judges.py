@@ -10,8 +10,10 @@ the judge runner). The ``anthropic`` SDK is imported when the judge is first use
 
 Settings (``monitors.safety.judge.settings``): ``model`` (default
 ``claude-haiku-4-5``), ``api_key`` (default ``$ANTHROPIC_API_KEY``), ``base_url``,
-``max_tokens`` (256), ``timeout_s`` (30), ``max_retries`` (2) and ``max_chars`` (8000,
-the longest prompt or response sent; longer ones are cut in the middle).
+``max_tokens`` (256), ``timeout_s`` (30), ``max_retries`` (2), ``max_chars`` (8000,
+the longest prompt or response sent; longer ones are cut in the middle) and
+``structured_output`` (false; true also sends the verdict's JSON schema as
+``output_config.format``, for models that support structured outputs).
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from ..core.safety.judge import JudgeError, coerce_verdict
 from .hookspecs import hookimpl
 from .types import SafetyJudgeInfo
 
-__all__ = ["SYSTEM_PROMPT", "AnthropicJudge", "llmvigil_safety_judges", "parse_verdict"]
+__all__ = [
+    "SYSTEM_PROMPT",
+    "VERDICT_SCHEMA",
+    "AnthropicJudge",
+    "llmvigil_safety_judges",
+    "parse_verdict",
+]
 
 SYSTEM_PROMPT = """\
 You are a content-safety reviewer for an AI application. You receive a user prompt \
@@ -48,6 +56,18 @@ Answer with exactly one JSON object and nothing else, no code fence:
 {"action": "serve" | "review" | "block", "category": "<short snake_case category, or \
 null when serving>", "reason": "<one sentence>"}"""
 
+#: The verdict's JSON schema, sent as ``output_config.format`` with ``structured_output``.
+VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "action": {"type": "string", "enum": ["serve", "review", "block"]},
+        "category": {"type": ["string", "null"]},
+        "reason": {"type": "string"},
+    },
+    "required": ["action", "category", "reason"],
+    "additionalProperties": False,
+}
+
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 _DEFAULT_MODEL = "claude-haiku-4-5"
 
@@ -62,6 +82,7 @@ class _Options(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
     max_chars: int = Field(default=8000, ge=100)
+    structured_output: bool = False
 
 
 def parse_verdict(text: str) -> tuple[str, str, str | None]:
@@ -144,8 +165,12 @@ class AnthropicJudge:
         content = (f"<user_prompt>\n{_clip(prompt, o.max_chars)}\n</user_prompt>\n\n"
                    f"<assistant_response>\n{_clip(response, o.max_chars)}\n"
                    "</assistant_response>\n\nYour verdict as one JSON object:")
-        return {"model": o.model, "max_tokens": o.max_tokens, "temperature": 0.0,
-                "system": SYSTEM_PROMPT, "messages": [{"role": "user", "content": content}]}
+        body: dict[str, Any] = {"model": o.model, "max_tokens": o.max_tokens,
+                                "system": SYSTEM_PROMPT,
+                                "messages": [{"role": "user", "content": content}]}
+        if o.structured_output:
+            body["output_config"] = {"format": {"type": "json_schema", "schema": VERDICT_SCHEMA}}
+        return body
 
     def __call__(self, prompt: str, response: str) -> tuple[str, str, str | None]:
         """Ask the model; return its verdict.

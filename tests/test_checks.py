@@ -389,6 +389,10 @@ def test_on_selects_root_llm_or_named_spans() -> None:
     mon.observe(span("a", "f", kind="tool", root=False, name="summarise"))
     state = mon.state("f")
     assert {k: v["baseline_n"] for k, v in state.items()} == {"root": 1, "llm": 1, "named": 1}
+    failed = span("an output that would count", "f")
+    failed.status = "error"
+    mon.observe(failed)
+    assert mon.state("f")["root"]["baseline_n"] == 1
     default_llm = CheckMonitor({**cfg, "on": "llm", "features": {"f": [
         {"name": "x", "type": "length"}]}})
     default_llm.observe(span("a b", "f", kind="chain"))

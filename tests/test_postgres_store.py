@@ -6,6 +6,7 @@ elsewhere); every test works in a schema of its own, dropped afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -320,8 +321,10 @@ def test_upsert_is_idempotent_replaces_and_skips_identical_rows(
 def test_nul_characters_do_not_lose_a_batch(store: PostgresStore) -> None:
     spans = [Span(id="n1", trace_id="t", name="a\x00b", feature="f\x00", start_ns=T0),
              Span(id="n2", trace_id="t", name="fine", start_ns=T0 + 1)]
-    store.write(spans)
+    metric = Metric(id="m", name="x\x00", value=1.0, labels={"feature": "a\x00b"})
+    store.write([*spans, metric])
     assert list(store.read("spans")) == spans  # the record itself keeps its text
+    assert list(store.read("metrics")) == [metric]
     assert list(store_postgres.report(store.dsn)["features"]) == ["(none)", "f\ufffd"]
 
 
@@ -537,14 +540,15 @@ class TcpProxy:
         """Refuse new connections and cut the open ones, as a server crash does."""
         listener, self._listener = self._listener, None
         if listener is not None:
+            # shutdown wakes the accept() blocked in the other thread; close alone does not
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             conn.close()
 
     def _accept(self, listener: socket.socket) -> None:
@@ -569,10 +573,8 @@ class TcpProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
@@ -646,7 +648,8 @@ def test_an_outage_is_journaled_and_redelivered_through_the_pipeline(
 def test_throughput_of_batches_of_512(store: PostgresStore, capsys: pytest.CaptureFixture[str],
                                       tmp_path: Path) -> None:
     n, batch = 20_480, 512
-    spans = [Span(id=f"{i:016x}", trace_id=f"{i // 4:032x}", parent_id=None if i % 4 else None,
+    spans = [Span(id=f"{i:016x}", trace_id=f"{i // 4:032x}",
+                  parent_id=None if i % 4 == 0 else f"{i - i % 4:016x}",
                   name="llm", kind="llm", start_ns=T0 + i, end_ns=T0 + i + 10**8,
                   model="claude-x", provider="anthropic", feature=f"f{i % 8}", user_id="u",
                   usage=Usage(input_tokens=100, output_tokens=50), cost_usd=0.001, ttft_s=0.2,

@@ -105,7 +105,9 @@ class Targets:
         if system:
             params["system"] = system
         if target.temperature is not None:
-            params["temperature"] = target.temperature
+            # Sent raw: anthropic 2.x no longer has a temperature argument, and recent
+            # models reject sampling parameters; older ones still honour it.
+            params["extra_body"] = {"temperature": target.temperature}
         message = await self._client(target).messages.create(**params)
         return "".join(block.text for block in message.content
                        if getattr(block, "type", None) == "text")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import importlib
+import importlib.util
 import os
 import sys
 import typing
@@ -243,7 +244,8 @@ class TargetFields(_Strict):
     it may be sync (run in a thread pool) or async. ``model`` calls the Messages API
     with the real ``anthropic`` SDK: the key is read from the environment variable
     named by ``api_key_env``, ``base_url`` defaults to the SDK's
-    (``ANTHROPIC_BASE_URL`` or the public API).
+    (``ANTHROPIC_BASE_URL`` or the public API); ``temperature`` is sent only when set
+    (recent models reject sampling parameters).
     """
 
     callable_: ImportPath | None = Field(default=None, alias="callable")
@@ -251,7 +253,7 @@ class TargetFields(_Strict):
     base_url: str | None = None
     api_key_env: str = Field(default="ANTHROPIC_API_KEY", min_length=1)
     max_tokens: int = Field(default=1024, gt=0)
-    temperature: float | None = Field(default=0.0, ge=0, le=1)
+    temperature: float | None = Field(default=None, ge=0, le=1)
     system: str | None = None
     kwargs: dict[str, Any] = {}
     timeout_s: float = Field(default=120.0, gt=0)
@@ -272,7 +274,7 @@ class TargetSpec:
     base_url: str | None = None
     api_key_env: str = "ANTHROPIC_API_KEY"
     max_tokens: int = 1024
-    temperature: float | None = 0.0
+    temperature: float | None = None
     system: str | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float = 120.0
@@ -307,9 +309,7 @@ class TargetSpec:
             except ValueError as exc:
                 problems.add((*loc, "callable"), str(exc))
                 return self
-        try:
-            import anthropic  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("anthropic") is None:
             problems.add((*loc, "model"), "model targets need the 'anthropic' package: "
                                           "pip install 'llmvigil[anthropic]'")
             return self

@@ -55,6 +55,9 @@ a foreign input count. Spans exported by llmvigil's own ``otlp`` backend (they c
 scores, session events and safety verdicts, which map back to those records: a
 replica exporting to ``vigil serve`` lands the same records it holds itself.
 
+A foreign span whose status is UNSET (how OpenTelemetry instrumentations leave a
+call that succeeded) is ``ok``, as a span that ended without error in-process.
+
 Attributes no rule consumed are kept in :attr:`Span.attributes` (with the sender's
 ``service.name`` for spans not exported by llmvigil); unknown events go there too,
 under ``otel.events``.
@@ -461,7 +464,8 @@ def _span(raw: OtlpSpan, a: _Attrs) -> Span:
     span = Span(
         id=raw.span_id, trace_id=raw.trace_id, parent_id=raw.parent_id, name=raw.name,
         kind=kind, start_ns=raw.start_ns, end_ns=raw.end_ns,
-        status=_STATUS.get(raw.status_code, "unset"),
+        # OTel instrumentations leave a successful span UNSET; llmvigil says "ok".
+        status=_STATUS.get(raw.status_code, "unset" if own else "ok"),
         model=model, response_model=response_model, operation=operation,
         provider=a.text("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system"),
         response_id=a.text("gen_ai.response.id"),

@@ -27,10 +27,13 @@ the bucket and the day and returns the fleet's totals after the increment, atomi
 Never blocking the application: every call has a short socket timeout (50 ms by
 default) and no client-side retry. After a failure the ledger stops calling Redis
 for ``retry_after_s`` seconds (a circuit breaker), logs one warning, and every call
-answers ``None`` at once, meaning "use this process's own counts". Increments made
-meanwhile are kept (summed per key, at most ``max_pending_keys`` keys; beyond that
-they are dropped and counted) and replayed once Redis answers again, a chunk per
-:meth:`~RedisSpendLedger.add` call.
+answers ``None`` at once, meaning "use this process's own counts". Increments that
+surely did not reach Redis (breaker open, connection refused) are kept (summed per
+key, at most ``max_pending_keys`` keys; beyond that dropped and counted) and replayed
+once Redis answers again, a chunk per :meth:`~RedisSpendLedger.add` call. An
+increment sent without a reply (a timeout mid-call, one per thread at the start of
+an outage) may or may not have been applied: it is not replayed, so it is never
+counted twice, and :meth:`~RedisSpendLedger.stats` counts it as ``uncertain``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ _DAY_TTL_S = 2 * 86_400
 _NO_FEATURE = "_none"
 #: Bucket keys summed by one script call; Lua's unpack/stack limits sit far above.
 _MAX_WINDOW_BUCKETS = 4_000
+_OK, _NOT_SENT, _UNKNOWN = 0, 1, 2
 
 # KEYS[1] day hash, KEYS[2] bucket hash the amount goes to, KEYS[3..] the user window.
 # ARGV: amount (nano-USD; "0" reads only), bucket ttl, day ttl, feature field, user field.
@@ -232,6 +236,7 @@ class RedisSpendLedger:
         self.skipped = 0
         self.replayed = 0
         self.pending_dropped = 0
+        self.uncertain = 0
         self.last_error: str | None = None
 
     def __repr__(self) -> str:
@@ -290,26 +295,31 @@ class RedisSpendLedger:
         """Whether Redis answered the last call (``False`` while the breaker is open)."""
         return self._down_since is None
 
-    def _call(self, fn: Any) -> tuple[bool, Any]:
-        """Run ``fn()`` against Redis unless the breaker is open: ``(ok, result)``."""
+    def _call(self, fn: Any) -> tuple[int, Any]:
+        """Run ``fn()`` against Redis unless the breaker is open: ``(outcome, result)``.
+
+        The outcome is ``_OK``, ``_NOT_SENT`` (breaker open, or the connection could
+        not be made: nothing reached Redis) or ``_UNKNOWN`` (sent, no reply: Redis
+        may or may not have run it).
+        """
         probing = False
         if self._down_since is not None:
             if time.monotonic() < self._down_until or not self._probe.acquire(blocking=False):
                 self.skipped += 1
-                return False, None
+                return _NOT_SENT, None
             probing = True
         try:
             self.calls += 1
             result = fn()
         except Exception as exc:  # redis errors, OSError, a broken script reply...
             self._failed(exc)
-            return False, None
+            return (_NOT_SENT if _connect_failure(exc) else _UNKNOWN), None
         finally:
             if probing:
                 self._probe.release()
         if self._down_since is not None:
             self._recovered()
-        return True, result
+        return _OK, result
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
@@ -356,11 +366,13 @@ class RedisSpendLedger:
         window = self._window_keys(t_ns, self.user_window_s) if user_id else []
         args = (nano, self.retention_s + self.bucket_s, _DAY_TTL_S, f"f:{feature}",
                 user_field)
-        ok, reply = self._call(lambda: self._add_script(keys=[day_key, bucket, *window],
-                                                        args=args))
-        if not ok:
-            if nano:
-                self._keep(day_key, bucket, feature, user_field, nano)
+        outcome, reply = self._call(lambda: self._add_script(keys=[day_key, bucket, *window],
+                                                             args=args))
+        if outcome == _NOT_SENT and nano:
+            self._keep(day_key, bucket, feature, user_field, nano)
+        elif outcome == _UNKNOWN and nano:
+            self.uncertain += 1  # replaying could count it twice
+        if outcome != _OK:
             return None
         if self._pending:
             self._replay()
@@ -393,15 +405,18 @@ class RedisSpendLedger:
                 del self._pending[key]
 
         def send() -> None:
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=True)  # all or nothing
             for (key, field), (nano, ttl) in items:
                 pipe.hincrby(key, field, nano)
                 pipe.expire(key, ttl)
             pipe.execute()
 
-        ok, _ = self._call(send)
-        if ok:
+        outcome, _ = self._call(send)
+        if outcome == _OK:
             self.replayed += len(items)
+            return
+        if outcome == _UNKNOWN:
+            self.uncertain += len(items)
             return
         with self._lock:  # not sent: keep them for the next recovery
             for key, (nano, ttl) in items:
@@ -418,9 +433,9 @@ class RedisSpendLedger:
         Redis is unavailable it answers ``True``: every replica then falls back on its
         own once-per-process rule (a duplicate alert beats a missed one).
         """
-        ok, reply = self._call(
+        outcome, reply = self._call(
             lambda: self._redis.set(f"{self._prefix}:fired:{key}", b"1", nx=True, ex=ttl_s))
-        return bool(reply) if ok else True
+        return bool(reply) if outcome == _OK else True
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -436,8 +451,8 @@ class RedisSpendLedger:
         """
         field = self._field(scope, key)
         keys = self._window_keys(time.time_ns() if now_ns is None else now_ns, window_s)
-        ok, reply = self._call(lambda: self._sum_script(keys=keys, args=[field]))
-        return int(reply) / _NANO if ok else None
+        outcome, reply = self._call(lambda: self._sum_script(keys=keys, args=[field]))
+        return int(reply) / _NANO if outcome == _OK else None
 
     def spend_today(self, scope: Literal["global", "feature"], key: str | None = None,
                     now_ns: int | None = None) -> float | None:
@@ -446,8 +461,8 @@ class RedisSpendLedger:
             raise ValueError("daily spend is kept for global and feature scopes only")
         field = self._field(scope, key)
         day_key = self._day_key(time.time_ns() if now_ns is None else now_ns)
-        ok, reply = self._call(lambda: self._redis.hget(day_key, field))
-        return int(reply or 0) / _NANO if ok else None
+        outcome, reply = self._call(lambda: self._redis.hget(day_key, field))
+        return int(reply or 0) / _NANO if outcome == _OK else None
 
     def status(self, user_id: str | None, feature: str | None,
                now_ns: int | None = None) -> FleetSpend | None:
@@ -458,9 +473,9 @@ class RedisSpendLedger:
         day_key = self._day_key(t)
         window = self._window_keys(t, self.user_window_s) if user_id else []
         args = (0, 0, 0, f"f:{feature}", f"u:{user_id}" if user_id else "")
-        ok, reply = self._call(lambda: self._add_script(keys=[day_key, day_key, *window],
-                                                        args=args))
-        if not ok:
+        outcome, reply = self._call(lambda: self._add_script(keys=[day_key, day_key, *window],
+                                                             args=args))
+        if outcome != _OK:
             return None
         day_total, day_feature, user = (int(v) for v in reply)
         return FleetSpend(day_total / _NANO, feature, day_feature / _NANO,
@@ -484,7 +499,8 @@ class RedisSpendLedger:
             pending = len(self._pending)
         return {"available": self.available, "calls": self.calls, "failures": self.failures,
                 "skipped": self.skipped, "pending_keys": pending, "replayed": self.replayed,
-                "pending_dropped": self.pending_dropped, "last_error": self.last_error}
+                "pending_dropped": self.pending_dropped, "uncertain": self.uncertain,
+                "last_error": self.last_error}
 
     def close(self) -> None:
         """Release the connections."""
@@ -492,6 +508,12 @@ class RedisSpendLedger:
             self._redis.close()
         except Exception as exc:  # closing must never fail a shutdown
             _log.debug("llmvigil: closing Redis state failed: %r", exc)
+
+
+def _connect_failure(exc: BaseException) -> bool:
+    """Whether the error happened while connecting, i.e. before anything was sent."""
+    text = str(exc)
+    return "connecting to" in text or "Timeout connecting" in text
 
 
 def _client(url: str, timeout_s: float) -> Any:

@@ -46,6 +46,7 @@ from ...plugins.hookspecs import hookimpl
 from ...plugins.types import RECORD_KINDS, Importer, ImporterInfo
 from ..errors import ConfigError, InputFileError, MissingExtraError, PluginError
 from ..model import (
+    SPAN_KINDS,
     Alert,
     Metric,
     Record,
@@ -164,7 +165,6 @@ def read_jsonl(path: Path) -> Iterator[Item]:
 
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 _HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
-_SPAN_ID_FIELDS = (("traceId", _HEX32), ("spanId", _HEX16), ("parentSpanId", _HEX16))
 
 # Hint attributes this writer adds; see the module docstring and docs/migration.md.
 H_JSON = "llmvigil.json_attributes"
@@ -258,37 +258,119 @@ def _any_value(value: Any) -> Any:
     return AnyValue(string_value=str(value))
 
 
-def _from_any(value: Any) -> Any:
-    """A Python value from an OTLP ``AnyValue``."""
-    which = value.WhichOneof("value")
-    if which is None:
+_ANY_KEYS = {"stringValue": "string", "string_value": "string", "boolValue": "bool",
+             "bool_value": "bool", "intValue": "int", "int_value": "int",
+             "doubleValue": "double", "double_value": "double", "arrayValue": "array",
+             "array_value": "array", "kvlistValue": "kvlist", "kvlist_value": "kvlist",
+             "bytesValue": "bytes", "bytes_value": "bytes"}
+
+
+def _json_any(value: Any) -> Any:
+    """A Python value from an OTLP/JSON ``AnyValue`` object."""
+    if not isinstance(value, dict) or not value:
         return None
-    if which == "array_value":
-        return [_from_any(v) for v in value.array_value.values]
-    if which == "kvlist_value":
-        return {kv.key: _from_any(kv.value) for kv in value.kvlist_value.values}
-    if which == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    return getattr(value, which)
+    key = next(iter(value))
+    which, raw = _ANY_KEYS.get(key), value[key]
+    if which == "string":
+        return str(raw)
+    if which == "bool":
+        return bool(raw)
+    if which == "int":
+        return int(raw)
+    if which == "double":
+        return float(raw)  # also "NaN", "Infinity", "-Infinity"
+    if which == "array":
+        return [_json_any(v) for v in _get(raw, "values")]
+    if which == "kvlist":
+        return _json_attrs(_get(raw, "values"))
+    if which == "bytes":
+        return str(raw)
+    raise ValueError(f"unknown attribute value {key!r}")
 
 
-def _hex_ids(spans: Iterable[dict[str, Any]], to_hex: bool) -> None:
-    """Switch span ids between protobuf-JSON base64 and OTLP/JSON hex, in place."""
-    for span in spans:
-        for key, pattern in _SPAN_ID_FIELDS:
-            value = span.get(key)
-            if not isinstance(value, str) or not value:
-                continue
-            if to_hex:
-                span[key] = base64.b64decode(value).hex()
-            elif pattern.match(value):
-                span[key] = base64.b64encode(bytes.fromhex(value)).decode()
+def _json_attrs(items: Any) -> dict[str, Any]:
+    """OTLP/JSON ``KeyValue`` list as a dict."""
+    if not isinstance(items, list):
+        raise ValueError("attributes: expected a list of {key, value}")
+    return {str(kv["key"]): _json_any(kv.get("value")) for kv in items}
 
 
-def _all_spans(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for rs in doc.get("resourceSpans") or ():
-        for ss in rs.get("scopeSpans") or ():
-            yield from ss.get("spans") or ()
+def _get(obj: Any, *keys: str) -> Any:
+    """The first of ``keys`` (camelCase, then the protobuf field name) in ``obj``, or []."""
+    if isinstance(obj, dict):
+        for key in keys:
+            if key in obj:
+                return obj[key]
+    return []
+
+
+def _snake(camel: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower()
+
+
+def _field(obj: dict[str, Any], camel: str, default: Any = None) -> Any:
+    if camel in obj:
+        return obj[camel]
+    return obj.get(_snake(camel), default)
+
+
+def _id(value: Any, nbytes: int, what: str) -> str:
+    """An id as lowercase hex: OTLP/JSON hex, or the protobuf-JSON base64 some writers use."""
+    if not value:
+        return ""
+    text = str(value)
+    if len(text) == nbytes * 2 and (_HEX32 if nbytes == 16 else _HEX16).match(text):
+        return text.lower()
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != nbytes:
+        raise ValueError(f"{what} {text!r} is neither {nbytes * 2} hex digits nor base64")
+    return raw.hex()
+
+
+_STATUS_CODES = {0: "unset", 1: "ok", 2: "error", "STATUS_CODE_UNSET": "unset",
+                 "STATUS_CODE_OK": "ok", "STATUS_CODE_ERROR": "error"}
+
+
+@dataclass
+class _OtlpSpan:
+    """One span of an OTLP/JSON file, fields checked and converted."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    start_ns: int
+    end_ns: int
+    attrs: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]]
+    status: str
+    status_message: str
+
+    @classmethod
+    def parse(cls, d: Any) -> _OtlpSpan:
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a span object, got {type(d).__name__}")
+        trace_id = _id(_field(d, "traceId"), 16, "traceId")
+        span_id = _id(_field(d, "spanId"), 8, "spanId")
+        if not trace_id or not span_id:
+            raise ValueError("a span needs a traceId and a spanId")
+        status = _field(d, "status") or {}
+        code = _field(status, "code", 0)
+        return cls(
+            trace_id=trace_id, span_id=span_id,
+            parent_id=_id(_field(d, "parentSpanId"), 8, "parentSpanId") or None,
+            name=str(_field(d, "name", "")),
+            start_ns=int(_field(d, "startTimeUnixNano", 0)),
+            end_ns=int(_field(d, "endTimeUnixNano", 0)),
+            attrs=_json_attrs(_field(d, "attributes", [])),
+            events=[(str(_field(e, "name", "")), _json_attrs(_field(e, "attributes", [])))
+                    for e in _field(d, "events", [])],
+            status=_STATUS_CODES.get(code, "unset"),
+            status_message=str(_field(status, "message", "")),
+        )
 
 
 def _str(value: Any) -> str | None:
@@ -419,7 +501,12 @@ class OtlpJsonCodec:
         from google.protobuf.json_format import MessageToDict
 
         doc = MessageToDict(message, use_integers_for_enums=True)
-        _hex_ids(_all_spans(doc), to_hex=True)
+        for rs in doc.get("resourceSpans") or ():
+            for ss in rs.get("scopeSpans") or ():
+                for span in ss.get("spans") or ():
+                    for key in ("traceId", "spanId", "parentSpanId"):
+                        if span.get(key):  # OTLP/JSON ids are hex, not protobuf's base64
+                            span[key] = base64.b64decode(span[key]).hex()
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
     def _hints(self, record: Record) -> dict[str, Any]:
@@ -488,68 +575,50 @@ class OtlpJsonCodec:
 
     def decode_line(self, doc: Any, where: str) -> Iterator[Item]:
         """Yield the records of one OTLP/JSON request (already parsed JSON)."""
-        from google.protobuf.json_format import ParseDict, ParseError
-        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-            ExportMetricsServiceRequest,
-        )
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-            ExportTraceServiceRequest,
-        )
-
-        if not isinstance(doc, dict) or not ({"resourceSpans", "resourceMetrics"} & set(doc)):
+        if not isinstance(doc, dict) or not (
+                {"resourceSpans", "resourceMetrics", "resource_spans", "resource_metrics"}
+                & set(doc)):
             yield Skipped("not an OTLP/JSON request (no resourceSpans or resourceMetrics)",
                           where)
             return
-        if "resourceSpans" in doc:
-            _hex_ids(_all_spans(doc), to_hex=False)
-            try:
-                traces = ParseDict({"resourceSpans": doc["resourceSpans"]},
-                                   ExportTraceServiceRequest(), ignore_unknown_fields=True)
-            except (ParseError, ValueError, TypeError) as exc:
-                yield Skipped(f"invalid OTLP/JSON traces: {exc}", where)
-            else:
-                for rs in traces.resource_spans:
-                    for ss in rs.scope_spans:
-                        for span in ss.spans:
-                            yield self._decode_span(span, where)
-        if "resourceMetrics" in doc:
-            try:
-                metrics = ParseDict({"resourceMetrics": doc["resourceMetrics"]},
-                                    ExportMetricsServiceRequest(), ignore_unknown_fields=True)
-            except (ParseError, ValueError, TypeError) as exc:
-                yield Skipped(f"invalid OTLP/JSON metrics: {exc}", where)
-            else:
-                for rm in metrics.resource_metrics:
-                    for sm in rm.scope_metrics:
-                        for metric in sm.metrics:
-                            yield from self._decode_metric(metric, where)
+        for rs in _get(doc, "resourceSpans", "resource_spans"):
+            for ss in _get(rs, "scopeSpans", "scope_spans"):
+                for span in _get(ss, "spans"):
+                    yield self._decode_span(span, where)
+        for rm in _get(doc, "resourceMetrics", "resource_metrics"):
+            for sm in _get(rm, "scopeMetrics", "scope_metrics"):
+                for metric in _get(sm, "metrics"):
+                    yield from self._decode_metric(metric, where)
 
-    def _decode_span(self, proto: Any, where: str) -> Item:
-        span_hex = proto.span_id.hex()
-        attrs = {kv.key: _from_any(kv.value) for kv in proto.attributes}
-        rid = attrs.get("llmvigil.record.id") or attrs.get(H_SPAN) or span_hex
+    def _decode_span(self, raw: Any, where: str) -> Item:
+        rid = None
         try:
+            span = _OtlpSpan.parse(raw)
+            attrs = span.attrs
+            rid = attrs.get("llmvigil.record.id") or attrs.get(H_SPAN) or span.span_id
             for key in attrs.pop(H_DERIVED, None) or ():
                 attrs.pop(key, None)
             for key in attrs.pop(H_JSON, None) or ():
                 if isinstance(attrs.get(key), str):
                     attrs[key] = json.loads(attrs[key])
-            kind = attrs.pop(H_TYPE, None) or _marker_type(attrs, proto)
+            kind = attrs.pop(H_TYPE, None) or _marker_type(attrs, span)
             if kind == "span":
-                return self._to_span(proto, attrs)
-            return self._to_marker(kind, proto, attrs)
-        except (ValueError, TypeError, KeyError) as exc:
-            return Skipped(f"cannot read OTLP span {proto.name!r}: {exc}", where, rid)
+                return self._to_span(span, attrs)
+            return self._to_marker(kind, span, attrs)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            name = raw.get("name") if isinstance(raw, dict) else None
+            what = f"OTLP span {name!r}" if name else "OTLP span"
+            return Skipped(f"cannot read {what}: {exc}", where, _str(rid))
 
     @staticmethod
-    def _ids(proto: Any, attrs: dict[str, Any]) -> tuple[str, str, str | None]:
-        trace_id = attrs.pop(H_TRACE, None) or proto.trace_id.hex()
-        span_id = attrs.pop(H_SPAN, None) or proto.span_id.hex()
-        parent = attrs.pop(H_PARENT, None) or (proto.parent_span_id.hex() or None)
+    def _ids(span: _OtlpSpan, attrs: dict[str, Any]) -> tuple[str, str, str | None]:
+        trace_id = attrs.pop(H_TRACE, None) or span.trace_id
+        span_id = attrs.pop(H_SPAN, None) or span.span_id
+        parent = attrs.pop(H_PARENT, None) or span.parent_id
         return str(trace_id), str(span_id), _str(parent)
 
-    def _to_span(self, proto: Any, attrs: dict[str, Any]) -> Span:
-        trace_id, span_id, parent_id = self._ids(proto, attrs)
+    def _to_span(self, span: _OtlpSpan, attrs: dict[str, Any]) -> Span:
+        trace_id, span_id, parent_id = self._ids(span, attrs)
         ours = "llmvigil.span.kind" in attrs
         kind = attrs.pop("llmvigil.span.kind", None) or _foreign_kind(attrs)
         fields: dict[str, Any] = {}
@@ -567,8 +636,8 @@ class OtlpJsonCodec:
                  for key, name in _USAGE_FIELDS.items() if key in attrs}
         if usage or "usage" in fields:
             fields["usage"] = Usage(**{**fields.get("usage", {}), **usage})
-        stream = {name[len(_STREAM):]: attrs.pop(name)
-                  for name in [k for k in attrs if k.startswith(_STREAM)]}
+        stream = {k[len(_STREAM):]: attrs.pop(k) for k in [k for k in attrs
+                                                             if k.startswith(_STREAM)]}
         if stream:
             fields["stream"] = StreamStats(**{
                 k: _num(v, _STREAM_FIELDS[k], _STREAM + k) for k, v in stream.items()
@@ -579,36 +648,36 @@ class OtlpJsonCodec:
         for key in ("llmvigil.input", "llmvigil.output"):
             if key in attrs:
                 fields[key.split(".")[1]] = attrs.pop(key)
-        error, error_type = _error(proto, attrs.pop(H_ERROR, None))
+        error, error_type = _error(span, attrs.pop(H_ERROR, None))
         if error_type is not None and "error_type" not in fields:
             fields["error_type"] = error_type
-        name = attrs.pop(H_NAME, proto.name)
-        end_ns = int(attrs.pop(H_END, proto.end_time_unix_nano))
+        name = attrs.pop(H_NAME, span.name)
+        end_ns = int(attrs.pop(H_END, span.end_ns))
         if ours:  # written for OpenTelemetry tools from the fields above, hint or not
             for key in _ALWAYS_DERIVED:
                 attrs.pop(key, None)
         return Span(
             id=span_id, trace_id=trace_id, parent_id=parent_id, name=str(name),
-            kind=str(kind), start_ns=int(proto.start_time_unix_nano), end_ns=end_ns,
-            status=_STATUS.get(proto.status.code, "unset"), error=error,
+            kind=str(kind) if kind in SPAN_KINDS else "span", start_ns=span.start_ns,
+            end_ns=end_ns, status=span.status, error=error,
             tags=[str(t) for t in tags] if isinstance(tags, list) else [],
             metadata=metadata, attributes=attrs, **fields,
         )
 
-    def _to_marker(self, kind: str, proto: Any, attrs: dict[str, Any]) -> Record:
-        trace_id, _span_id, parent = self._ids(proto, attrs)
-        rid = str(attrs.pop("llmvigil.record.id", None) or proto.span_id.hex())
+    def _to_marker(self, kind: str, span: _OtlpSpan, attrs: dict[str, Any]) -> Record:
+        trace_id, _span_id, parent = self._ids(span, attrs)
+        rid = str(attrs.pop("llmvigil.record.id", None) or span.span_id)
         if trace_id == self._derived_trace_id(rid):
             trace_id_or_none: str | None = None
             target = _str(attrs.pop("llmvigil.target.span_id", None))
         else:
             trace_id_or_none, target = trace_id, parent
-        time_ns = int(proto.start_time_unix_nano)
+        time_ns = span.start_ns
         metadata = {k[len(_META):]: attrs.pop(k) for k in [k for k in attrs
                                                            if k.startswith(_META)]}
         pop = attrs.pop
         if kind == "score":
-            name = pop("gen_ai.evaluation.name", None) or proto.name.removeprefix("score ")
+            name = pop("gen_ai.evaluation.name", None) or span.name.removeprefix("score ")
             return Score(
                 id=rid, name=str(name), time_ns=time_ns, trace_id=trace_id_or_none,
                 span_id=target, kind=str(pop("llmvigil.score.kind", "custom")),
@@ -625,7 +694,7 @@ class OtlpJsonCodec:
             return SessionEvent(
                 id=rid, session_id=str(pop("session.id", "")), time_ns=time_ns,
                 event=str(pop("llmvigil.session.event", None)
-                          or proto.name.removeprefix("session.")),
+                          or span.name.removeprefix("session.")),
                 user_id=_str(pop("user.id", None)), trace_id=trace_id_or_none,
                 feature=_str(pop("llmvigil.feature", None)), metadata=metadata,
             )
@@ -638,8 +707,9 @@ class OtlpJsonCodec:
                 trace_id=trace_id_or_none, span_id=target, metadata=metadata,
             )
         if kind == "alert":
-            labels = {k[len(_ALERT) + 7:]: str(attrs.pop(k))
-                      for k in [k for k in attrs if k.startswith(f"{_ALERT}labels.")]}
+            prefix = f"{_ALERT}labels."
+            labels = {k[len(prefix):]: str(attrs.pop(k))
+                      for k in [k for k in attrs if k.startswith(prefix)]}
             return Alert(
                 id=rid, rule=str(pop(f"{_ALERT}rule", "")), time_ns=time_ns,
                 severity=str(pop(f"{_ALERT}severity", "")),
@@ -650,35 +720,44 @@ class OtlpJsonCodec:
             )
         raise ValueError(f"unknown {H_TYPE} {kind!r}")
 
-    def _decode_metric(self, proto: Any, where: str) -> Iterator[Item]:
-        meta = {kv.key: _from_any(kv.value) for kv in proto.metadata}
-        name = meta.get(H_METRIC_NAME) or proto.name.removeprefix("llmvigil.")
-        ids = meta.get(H_METRIC_IDS) or []
-        which = proto.WhichOneof("data")
-        if which not in ("gauge", "sum"):
-            yield Skipped(f"metric {proto.name!r}: {which or 'empty'} data points are not "
-                          "imported (only gauges and sums)", where, kind="metrics")
+    def _decode_metric(self, metric: Any, where: str) -> Iterator[Item]:
+        try:
+            meta = _json_attrs(_field(metric, "metadata", []))
+            proto_name = str(_field(metric, "name", ""))
+            name = str(meta.get(H_METRIC_NAME) or proto_name.removeprefix("llmvigil."))
+            ids = meta.get(H_METRIC_IDS) or []
+            unit = _field(metric, "unit") or None
+            data = next(((k, _field(metric, k)) for k in ("gauge", "sum")
+                         if _field(metric, k) is not None), None)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            yield Skipped(f"cannot read OTLP metric: {exc}", where, kind="metrics")
             return
-        for i, point in enumerate(getattr(proto, which).data_points):
-            labels = {kv.key: _from_any(kv.value) for kv in point.attributes}
-            window = labels.pop("llmvigil.window_s", None)
-            value = point.as_double if point.WhichOneof("value") == "as_double" \
-                else float(point.as_int)
-            time_ns = int(point.time_unix_nano)
-            str_labels = {str(k): str(v) for k, v in labels.items()}
-            rid = ids[i] if i < len(ids) else _metric_id(str(name), time_ns, str_labels)
-            yield Metric(id=str(rid), name=str(name), value=value, time_ns=time_ns,
-                         window_s=float(window) if window is not None else 0.0,
-                         labels=str_labels, unit=proto.unit or None)
+        if data is None:
+            yield Skipped(f"metric {proto_name!r}: only gauge and sum data points are "
+                          "imported", where, kind="metrics")
+            return
+        for i, point in enumerate(_field(data[1], "dataPoints", [])):
+            rid = ids[i] if i < len(ids) else None
+            try:
+                labels = _json_attrs(_field(point, "attributes", []))
+                window = labels.pop("llmvigil.window_s", None)
+                raw = _field(point, "asDouble")
+                value = float(raw if raw is not None else _field(point, "asInt", 0))
+                time_ns = int(_field(point, "timeUnixNano", 0))
+                str_labels = {str(k): str(v) for k, v in labels.items()}
+                yield Metric(id=str(rid or _metric_id(name, time_ns, str_labels)), name=name,
+                             value=value, time_ns=time_ns,
+                             window_s=float(window) if window is not None else 0.0,
+                             labels=str_labels, unit=str(unit) if unit else None)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                yield Skipped(f"cannot read a point of metric {proto_name!r}: {exc}", where,
+                              _str(rid), "metrics")
 
 
-_STATUS = {1: "ok", 2: "error"}
-
-
-def _marker_type(attrs: Mapping[str, Any], proto: Any) -> str:
+def _marker_type(attrs: Mapping[str, Any], span: _OtlpSpan) -> str:
     """What a span stands for when it carries no ``llmvigil.record.type`` hint."""
     if "gen_ai.evaluation.name" in attrs or any(
-            e.name == "gen_ai.evaluation.result" for e in proto.events):
+            name == "gen_ai.evaluation.result" for name, _ in span.events):
         return "score"
     if "llmvigil.session.event" in attrs:
         return "session_event"
@@ -710,15 +789,14 @@ def _foreign_fields(attrs: dict[str, Any], fields: dict[str, Any]) -> None:
         attrs["gen_ai.system"] = attrs.pop("gen_ai.provider.name")
 
 
-def _error(proto: Any, hinted: Any) -> tuple[str | None, str | None]:
+def _error(span: _OtlpSpan, hinted: Any) -> tuple[str | None, str | None]:
     """The span's error message and type, from the exception event or the status."""
-    for event in proto.events:
-        if event.name == "exception":
-            ev = {kv.key: _from_any(kv.value) for kv in event.attributes}
+    for name, ev in span.events:
+        if name == "exception":
             return _str(ev.get("exception.message")), _str(ev.get("exception.type"))
     if hinted is not None:
         return str(hinted), None
-    return (proto.status.message or None), None
+    return (span.status_message or None), None
 
 
 def _metric_id(name: str, time_ns: int, labels: Mapping[str, str]) -> str:

@@ -11,8 +11,10 @@ from typing import Any
 import pluggy
 
 from ..config import VigilConfig
+from .checks import CheckMonitor
 from .cost import CostMonitor
 from .feedback import FeedbackMonitor
+from .fingerprint import FingerprintMonitor
 from .latency import LatencyMonitor
 from .sessions import SessionsMonitor
 
@@ -25,6 +27,8 @@ BUILTIN_MONITORS: dict[str, Any] = {
     "latency": LatencyMonitor,
     "feedback": FeedbackMonitor,
     "sessions": SessionsMonitor,
+    "checks": CheckMonitor,
+    "fingerprint": FingerprintMonitor,
 }
 
 

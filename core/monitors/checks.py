@@ -163,11 +163,13 @@ class _Track:
         self.ready = self.check.expected_fail_rate is not None
         self.cusum = None
 
-    @property
-    def test(self) -> str:
+    def test(self, value_test: str) -> str:
+        """The name of the test this track's windows get."""
         if self.kind == "rate":
             return "binomial" if self.check.expected_fail_rate is not None else "fisher"
-        return "value"
+        if value_test == "ks" and (self.check.alternative or "two-sided") == "two-sided":
+            return "ks"
+        return "mannwhitney"
 
 
 class CheckMonitor:
@@ -255,8 +257,11 @@ class CheckMonitor:
     # -- observe ---------------------------------------------------------------------------
 
     def observe(self, record: Any) -> Iterable[Any]:
-        """Run the feature's checks on a span's output; CUSUM alerts come back at once."""
-        if not isinstance(record, Span):
+        """Run the feature's checks on a span's output; CUSUM alerts come back at once.
+
+        Spans that failed (``status == "error"``) have no output to check and are skipped.
+        """
+        if not isinstance(record, Span) or record.status == "error":
             return ()
         with self._lock:
             self._refresh_registry()
@@ -533,13 +538,12 @@ class CheckMonitor:
                     "effect": rate - base}
         if not track.base_values:
             return None
-        alternative = check.alternative or "two-sided"
-        if self.settings.value_test == "ks" and alternative == "two-sided":
+        test = track.test(self.settings.value_test)
+        if test == "ks":
             _d, p = ks_2samp(win.values, track.base_values)
-            test = "ks"
         else:
-            _u, p = mann_whitney_u(win.values, track.base_values, alternative)
-            test = "mannwhitney"
+            _u, p = mann_whitney_u(win.values, track.base_values,
+                                   check.alternative or "two-sided")
         median = statistics.median(win.values)
         return {"test": test, "p_value": p, "observed": median,
                 "baseline": track.base_median, "effect": median - track.base_median,
@@ -553,7 +557,7 @@ class CheckMonitor:
                               "test": test})
 
     def _baseline_metrics(self, track: _Track, now_ns: int) -> list[Metric]:
-        test = track.test
+        test = track.test(self.settings.value_test)
         out = [self._metric(track, "baseline_n", track.base_n, now_ns, test, unit="1")]
         if track.kind == "rate":
             out.append(self._metric(track, "baseline_fail_rate",

@@ -108,11 +108,29 @@ OVERFLOW = _Overflow()
 Found = tuple[int, int] | _Overflow | None
 
 
+def _parser() -> Any:
+    try:
+        import re._parser as parser  # Python 3.11+
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_parse as parser
+    return parser
+
+
+def _min_width(pattern: re.Pattern[str]) -> int:
+    """The fewest characters a match of ``pattern`` can span."""
+    return int(_parser().parse(pattern.pattern, pattern.flags).getwidth()[0])
+
+
 _WORD = re.compile(r"\w+")
-# Runs of the characters card, phone and IP matches are made of, trimmed to digits, at
-# least 7 long (the shortest match of the three: 1.2.3.4). Starting with \d lets the
-# regex engine skip other characters in C.
-_DIGIT_RUN = re.compile(r"\d[\d .()-]{5,}\d")
+#: Card, phone and IP detectors run on the digit runs of a text: maximal runs of digits
+#: and " .()-" from a digit to a digit, at least as long as the shortest match (less
+#: one leading '+' or '(' just before the run).
+_RUN_DETECTORS = ("credit_card", "phone", "ip_address")
+_MIN_RUN = {c: max(2, _min_width(CATEGORIES[c].pattern) - 1) for c in _RUN_DETECTORS}
+# Starting with \d lets the regex engine skip other characters in C.
+_DIGIT_RUN = re.compile(r"\d[\d .()-]{%d,}\d" % (min(_MIN_RUN.values()) - 2))
+# Detector lookarounds read up to this many characters on each side of a match.
+_CONTEXT = 2
 
 
 def normalise(text: str) -> str:
@@ -420,7 +438,6 @@ _IBAN_START = re.compile(r"[A-Z][A-Z]\d\d")
 # reversed text so the scan runs in C.
 _EMAIL_LOCAL_REVERSED = re.compile(r"[A-Za-z0-9._%+-]{0,64}")
 _EMAIL_DOMAIN_MAX = 600
-_MIN_RUN = {"credit_card": 13, "phone": 9, "ip_address": 7}
 
 
 @dataclass(frozen=True)
@@ -451,9 +468,10 @@ def _find_in_runs(category: str) -> Any:
             budget -= 1
             if budget < 0:
                 return OVERFLOW
-            # One character of context on each side lets the detector's lookarounds (and
-            # a phone number's leading '+') see what they see in the whole text.
-            for m in pattern.finditer(text, max(0, start - 1), min(n, end + 1)):
+            # From one character before the run (a leading '+' or '('), to _CONTEXT
+            # after it: the detector's lookarounds see what they see in the whole text
+            # (lookbehinds read before ``pos``; lookaheads stop at ``endpos``).
+            for m in pattern.finditer(text, max(0, start - 1), min(n, end + _CONTEXT)):
                 budget -= 1
                 if budget < 0:
                     return OVERFLOW
@@ -531,14 +549,6 @@ if _missing:  # a detector added to core.redaction without a fast path here
 # ---------------------------------------------------------------------------------------
 # Regex safety of user patterns
 # ---------------------------------------------------------------------------------------
-
-
-def _parser() -> Any:
-    try:
-        import re._parser as parser  # Python 3.11+
-    except ImportError:  # pragma: no cover - Python 3.10
-        import sre_parse as parser
-    return parser
 
 
 def nested_quantifier(pattern: str) -> str | None:

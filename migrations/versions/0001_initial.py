@@ -19,7 +19,6 @@ import hashlib
 from collections.abc import Sequence
 
 from alembic import op
-
 from llmvigil.core.store_postgres import table_ddl
 from llmvigil.core.store_queries import TABLES
 

@@ -153,15 +153,17 @@ def migrate(
         MissingExtraError: alembic, sqlalchemy or psycopg is not installed.
         psycopg.OperationalError: the server cannot be reached.
     """
+    buffer = io.StringIO()
+    cfg = _alembic_config(buffer)
     from alembic import command
 
     if sql:
-        buffer = io.StringIO()
-        command.upgrade(_alembic_config(buffer), "head", sql=True)
+        command.upgrade(cfg, "head", sql=True)
         return buffer.getvalue()
 
     from alembic.util.exc import CommandError
     from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
     def open_connection() -> Any:
@@ -169,7 +171,6 @@ def migrate(
                        application_name="llmvigil-migrate")
 
     engine = create_engine("postgresql+psycopg://", creator=open_connection, poolclass=NullPool)
-    cfg = _alembic_config()
     try:
         with engine.begin() as conn:
             conn.execute(text(f"SET LOCAL lock_timeout = '{_MIGRATION_LOCK_TIMEOUT}'"))
@@ -185,6 +186,11 @@ def migrate(
                     "by a newer llmvigil: upgrade llmvigil"
                 ) from exc
             row = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).fetchone()
+    except DBAPIError as exc:
+        # Callers classify psycopg's own exceptions (transient or not), not SQLAlchemy's.
+        if isinstance(exc.orig, Exception):
+            raise exc.orig from exc
+        raise
     finally:
         engine.dispose()
     return str(row[0]) if row else ""
@@ -256,7 +262,7 @@ class _Statements:
     def __init__(self, spec: TableSpec) -> None:
         names = spec.column_names
         cols = ", ".join(names)
-        temp = f"_vigil_in_{spec.name}"
+        temp = f"pg_temp._vigil_in_{spec.name}"
         types = _copy_types(spec)
         self.copy_types = types
         self.text_positions = tuple(i for i, t in enumerate(types) if t == "text")
@@ -302,8 +308,8 @@ class PostgresStore:
     """llmvigil records in PostgreSQL tables, written by many processes at once.
 
     One connection per store, opened on first use and reopened after a failure;
-    calls from several threads take turns. The schema is migrated (or checked)
-    on each new connection's first use, once per store.
+    calls from several threads take turns. Each new connection checks the schema
+    revision once, and migrates when it is behind.
 
     Args:
         dsn: a ``postgresql://`` URI or ``key=value`` string; ``None`` reads

@@ -295,8 +295,7 @@ def _print_eval(report: EvalReport, shown: int = 20) -> None:
     if report.alert is not None:
         out.print(f"[bold red]ALERT[/] {escape(report.alert.message)}")
         if regressed:
-            items = Table(title="items that scored lower than in the baseline run",
-                          box=box.SIMPLE)
+            items = Table(title="regressed items", box=box.SIMPLE)
             for column in ("item", "baseline", "now"):
                 items.add_column(column)
             for item, before, after in regressed[:shown]:

@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -52,7 +51,8 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    explicit = ctx.get_parameter_source("host") == click.core.ParameterSource.COMMANDLINE
+    # Compared by name: typer may hand back its own copy of click's ParameterSource.
+    explicit = getattr(ctx.get_parameter_source("host"), "name", "") == "COMMANDLINE"
     if not is_loopback(host):
         if not explicit:
             err.print(f"[bold red]error:[/] refusing to listen on {host!r} from "

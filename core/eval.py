@@ -427,7 +427,10 @@ def _resolve_scorer(name: str, params: dict[str, Any], problems: Problems,
     fn: ScorerFn | None = None
     check: Callable[[Any], str | None] | None = None
     builtin = BUILTIN_SCORERS.get(name)
-    if builtin is not None:
+    if builtin is not None and params and not builtin.params.model_fields:
+        where.add(loc, f"the {name} scorer takes no parameters, got "
+                       f"{', '.join(sorted(params))}")
+    elif builtin is not None:
         try:
             valid = builtin.params.model_validate(params).model_dump()
         except ValidationError as exc:

@@ -43,6 +43,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "llmvigil.adapters.helicone",
     "llmvigil.adapters.otlp",
     "llmvigil.adapters.phoenix",
+    "llmvigil.adapters.postgres",
     "llmvigil.core.alerts",
 )
 

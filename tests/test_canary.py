@@ -271,7 +271,7 @@ def test_yaml_syntax_error_and_wrong_top_level(tmp_path: Path) -> None:
     write(path, "cases: []\n")
     with pytest.raises(InputFileError, match=rf"^{path}:1: cases: List should have at least 1"):
         load_suite(path)
-    with pytest.raises(InputFileError, match="missing.yaml: file not found"):
+    with pytest.raises(InputFileError, match=r"missing\.yaml: file not found"):
         load_suite(tmp_path / "missing.yaml")
 
 
@@ -460,16 +460,11 @@ def test_changes_between_runs_alert(tmp_path: Path, mods: Path) -> None:
     assert alerts["any_iso_date"].message.endswith('date: "2024-04-03" -> "2024-03-04"')
     assert alerts["any_iso_date"].labels["suite"] == "dates"
 
-    third = vigil("canary", "run", "canaries.yaml", "--json", cwd=tmp_path, mods=mods,
-                  env={"CZ_TRANSPOSE": "1"})
-    assert third.returncode == 1  # still failing, nothing new changed
-    [run] = runs(third.stdout)
-    assert run["changes"] == [] and run["failed"] == 1
-    assert len(list(store(tmp_path).read("alerts"))) == 2
     scores = [sc for sc in store(tmp_path).read("scores") if sc.name == "canary:exact_date"]
-    assert [sc.label for sc in scores] == ["pass", "fail", "fail"]
+    assert [sc.label for sc in scores] == ["pass", "fail"]
+    assert scores[1].metadata["values"]["date"] == "2024-03-04"
     with History(tmp_path / ".vigil" / "vigil.db") as history:
-        assert history.run_count("dates") == 3
+        assert history.run_count("dates") == 2
         assert history.last_results("dates")["any_iso_date"].values == {"date": "2024-03-04"}
 
 
@@ -551,7 +546,7 @@ def test_scheduler_stops_cleanly_on_ctrl_c(tmp_path: Path, mods: Path) -> None:
         line = proc.stdout.readline()  # the first run finished; now it sleeps for an hour
         assert json.loads(line)["passed"] == 3
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -571,3 +566,53 @@ def test_shipped_example_catches_the_silent_update(tmp_path: Path) -> None:
     changed = {(c["case"], c["key"]): (c["before"], c["after"]) for c in run["changes"]}
     assert changed[("invoice_date_eu", "date")] == ("2024-04-03", "2024-03-04")
     assert changed[("invoice_date_late_month", "date")] == ("2023-12-11", "2023-11-12")
+
+
+def test_concurrency_limit_holds_for_sync_and_async_targets(tmp_path: Path,
+                                                           memory: Any) -> None:
+    import asyncio
+    import threading
+
+    from llmvigil.core.canary import run_suite
+
+    state = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+
+    def enter() -> None:
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+
+    def leave() -> None:
+        with lock:
+            state["now"] -= 1
+
+    def sync_target(prompt: str) -> str:
+        enter()
+        time.sleep(0.15)
+        leave()
+        return prompt
+
+    async def async_target(prompt: str) -> str:
+        enter()
+        await asyncio.sleep(0.15)
+        leave()
+        return prompt
+
+    mod = type(sys)("cz_conc")
+    mod.sync_target, mod.async_target = sync_target, async_target  # type: ignore[attr-defined]
+    sys.modules["cz_conc"] = mod
+    cases = "\n".join(f"  - {{name: c{i}, prompt: p{i}, callable: 'cz_conc:"
+                      f"{'sync' if i % 2 else 'async'}_target', expect: {{contains: p{i}}}}}"
+                      for i in range(8))
+    suite = load_suite(write(tmp_path / "c.yaml", f"concurrency: 3\ncases:\n{cases}\n"))
+    started = time.monotonic()
+    results = asyncio.run(run_suite(suite))
+    elapsed = time.monotonic() - started
+    assert [r.passed for r in results] == [True] * 8
+    assert state["peak"] == 3
+    assert 0.45 <= elapsed < 8 * 0.15  # ceil(8/3) waves of 0.15 s, well under sequential
+    state["peak"] = 0
+    asyncio.run(run_suite(suite, concurrency=1))
+    assert state["peak"] == 1
+    del sys.modules["cz_conc"]

@@ -35,24 +35,29 @@ from vigil_testing import start
 
 pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="pip install 'llmvigil[otlp]'")
 
-from google.rpc.status_pb2 import Status  # noqa: E402
-from openinference.instrumentation import TracerProvider as OITracerProvider  # noqa: E402
-from openinference.instrumentation import get_llm_attributes, using_attributes  # noqa: E402
-from openinference.semconv.trace import SpanAttributes  # noqa: E402
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: E402
+from google.rpc.status_pb2 import Status
+from openinference.instrumentation import (
+    Message,
+    OITracer,
+    get_llm_attributes,
+    using_attributes,
+)
+from openinference.instrumentation import TracerProvider as OITracerProvider
+from openinference.semconv.trace import SpanAttributes
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter,
 )
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue  # noqa: E402
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans  # noqa: E402
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan  # noqa: E402
-from opentelemetry.sdk.resources import Resource  # noqa: E402
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 
@@ -97,6 +102,11 @@ class CollectorProcess:
             out, err = self.proc.communicate(timeout=timeout_s)
             raise AssertionError(f"collector did not start: {line}{out}{err}")
         return line
+
+    def wait(self) -> tuple[int, str, str]:
+        """Wait for the process to exit on its own; (exit code, stdout, stderr)."""
+        out, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, out, err
 
     def stop(self) -> tuple[int, str, str]:
         """SIGTERM; (exit code, rest of stdout, stderr)."""
@@ -162,6 +172,9 @@ def _sdk(url: str, resource: dict[str, Any], provider_cls: type[TracerProvider] 
 def _openinference_client(url: str) -> list[ReadableSpan]:
     provider, sent = _sdk(url, {"service.name": "oi-app"}, OITracerProvider)
     tracer = provider.get_tracer("oi-test")
+    assert isinstance(tracer, OITracer)
+    oi_messages: list[Message] = [{"role": "user", "content": MESSAGES[0]["content"]}]
+    oi_reply: list[Message] = [{"role": "assistant", "content": ANSWER}]
     with using_attributes(session_id="s-1", user_id="u-1", metadata={"feature": "extract"}), \
             tracer.start_as_current_span("extract", openinference_span_kind="chain") as chain:
         chain.set_input({"document": "invoice.pdf"})
@@ -170,8 +183,7 @@ def _openinference_client(url: str) -> list[ReadableSpan]:
             llm.set_input({"messages": MESSAGES})
             llm.set_attributes(get_llm_attributes(
                 provider="openai", system="openai", model_name="gpt-4o-mini",
-                input_messages=MESSAGES,
-                output_messages=[{"role": "assistant", "content": ANSWER}],
+                input_messages=oi_messages, output_messages=oi_reply,
                 token_count={"prompt": 120, "completion": 30, "total": 150,
                              "prompt_details": {"cache_read": 20}}))
             llm.add_event("First Token Stream Event")
@@ -494,10 +506,10 @@ def test_sampling_keeps_whole_traces_the_same_on_every_collector() -> None:
 
 
 def test_non_loopback_binding_is_refused_by_default(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="refusing to listen on '0.0.0.0'"):
+    with pytest.raises(ConfigError, match=r"refusing to listen on '0\.0\.0\.0'"):
         Collector("0.0.0.0", 0)
     proc = CollectorProcess(tmp_path, env={"VIGIL_SERVE_HOST": "0.0.0.0"})
-    code, out, err = proc.stop()
+    code, out, err = proc.wait()
     assert code == 2 and "listening" not in out
     assert "refusing to listen on '0.0.0.0'" in " ".join(err.split())
 

@@ -176,12 +176,12 @@ def test_yaml_errors_and_command_line_errors(tmp_path: Path, mods: Path) -> None
     golden = load_golden(path)
     assert (golden.name, golden.margin, golden.scorer_params) == (
         "g", 0.1, {"path": None, "tolerance": 0.5, "relative": False})
-    with pytest.raises(InputFileError, match="^command line: scorer: unknown scorer 'f2'"):
+    with pytest.raises(InputFileError, match=r"^command line: scorer: unknown scorer 'f2'"):
         load_golden(path, EvalOptions(scorer="f2"))
-    with pytest.raises(InputFileError, match="^command line: target: give --target or --model"):
+    with pytest.raises(InputFileError, match=r"^command line: target: give --target or --model"):
         load_golden(path, EvalOptions(target="a:b", model="m"))
-    with pytest.raises(InputFileError, match="^command line: callable: cannot import module "
-                                             "'nomod_zz'"):
+    with pytest.raises(InputFileError, match=r"^command line: callable: cannot import module "
+                                             r"'nomod_zz'"):
         load_golden(path, EvalOptions(target="nomod_zz:f"))
     jsonl = golden_jsonl(tmp_path / "g.jsonl")
     with pytest.raises(InputFileError, match=f"^{jsonl}: no target to evaluate"):

@@ -71,7 +71,7 @@ def admin() -> Iterator[Any]:
     except psycopg.OperationalError as exc:
         pytest.skip(
             f"PostgreSQL does not answer at {store_postgres.display_dsn(BASE_DSN)} "
-            f"({str(exc).strip()}); start it (./run test does) or set VIGIL_TEST_PG_DSN"
+            f"({' '.join(str(exc).split())}); start it (./run test does) or set VIGIL_TEST_PG_DSN"
         )
     yield conn
     conn.close()
@@ -239,8 +239,11 @@ def test_the_schema_setting_and_an_unrelated_alembic_version_table(
     assert store_postgres.record_counts(BASE_DSN, schema=schema)["spans"] == 2
 
 
-def test_migration_sql_for_a_dba() -> None:
-    text = migrate("postgresql://nobody@127.0.0.1:1/none", sql=True)
+def test_migration_sql_for_a_dba_and_an_unreachable_server() -> None:
+    closed = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
+    with pytest.raises(psycopg.OperationalError, match="Connection refused"):
+        migrate(closed)  # psycopg's own error, which the backend classifies as RETRY
+    text = migrate(closed, sql=True)
     assert "CREATE TABLE llmvigil_alembic_version" in text
     assert "CREATE TABLE spans (" in text and "labels JSONB NOT NULL" in text
     assert "INSERT INTO llmvigil_alembic_version (version_num) VALUES ('0001')" in text

@@ -309,7 +309,7 @@ def test_outage_goes_local_only_and_recovers_exactly(own_redis: OwnRedis,
             assert value is None
             slowest = max(slowest, took)
     assert ledger.fire_once("anything") is True  # local rule decides while Redis is away
-    assert slowest < 0.1, f"a call blocked {slowest:.3f} s during the outage"
+    assert slowest < 0.15, f"a call blocked {slowest:.3f} s during the outage"
     assert not ledger.available
     warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(warnings) == 1 and "own counts" in warnings[0].getMessage()
@@ -347,7 +347,7 @@ def test_hanging_redis_never_blocks_the_caller(own_redis: OwnRedis) -> None:
         assert result is None
         times.append(took)
     assert max(times) < 0.2, f"a call blocked {max(times):.3f} s on a hanging Redis"
-    assert sorted(times)[-2] < 0.01  # only the first call waited for its timeout
+    assert sorted(times)[-2] < 0.05  # only the first call waited for its timeout
     assert ledger.stats()["uncertain"] == 1
 
     time.sleep(0.8)

@@ -341,10 +341,8 @@ def _score(result: CaseResult, suite: CanarySuite, run_id: str) -> Score:
 def _alert(case: str, changes: Sequence[Change], result: CaseResult, suite: CanarySuite,
            run_id: str) -> Alert:
     status = next((c for c in changes if c.kind == "status"), None)
-    if status is None:
-        severity = "warning"  # still passing (or still failing), but its values moved
-    else:
-        severity = "info" if status.after else "error"  # a recovery, or a new failure
+    # No status change: only values moved. Otherwise a recovery, or a new failure.
+    severity = "warning" if status is None else "info" if status.after else "error"
     what = "; ".join(c.describe() for c in changes)
     return Alert(
         rule="canary_change", severity=severity,

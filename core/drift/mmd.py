@@ -48,7 +48,7 @@ __all__ = ["DEFAULT_KERNEL_MAX_N", "MMDResult", "median_bandwidth", "mmd_test"]
 Method = Literal["auto", "kernel", "rff"]
 
 #: ``method="auto"`` uses the exact kernel up to this many pooled points, RFF above.
-DEFAULT_KERNEL_MAX_N = 4000
+DEFAULT_KERNEL_MAX_N = 2048
 
 
 @dataclass(frozen=True)

@@ -492,9 +492,10 @@ def _decompress(data: bytes, encoding: str, limit: int) -> bytes:
 def run(config: str | Path | None = None, host: str = "127.0.0.1", port: int = 4318, *,
         allow_remote: bool = False, max_body_bytes: int = 20 << 20,
         max_connections: int = 256, shutdown_timeout_s: float = 10.0,
-        announce: Callable[[str], None] = print) -> int:
+        announce: Callable[[str], None] = print, plugin_manager: Any = None) -> int:
     """Run a collector until SIGTERM or SIGINT, then drain it and flush llmvigil.
 
+    ``plugin_manager`` is handed to :func:`llmvigil.init` (embedding, extra adapters).
     Returns the process exit code (0).
 
     Raises:
@@ -505,7 +506,7 @@ def run(config: str | Path | None = None, host: str = "127.0.0.1", port: int = 4
 
     from .. import runtime as rt_module
 
-    runtime = llmvigil.init(config)
+    runtime = llmvigil.init(config, plugin_manager=plugin_manager)
     try:
         pipe = runtime.pipeline
         room = None

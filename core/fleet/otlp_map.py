@@ -389,43 +389,105 @@ _CHUNK_EVENTS = frozenset(("llm.content.completion.chunk", "gen_ai.content.compl
                            "new_token", "new token"))
 _STREAM_FIELDS = frozenset(StreamStats.__struct_fields__)
 
+#: Logical field -> the attributes that may carry it, preferred first.
+_SOURCES: dict[str, tuple[str, ...]] = {
+    "own_kind": ("llmvigil.span.kind",),
+    "oi_kind": ("openinference.span.kind",),
+    "traceloop_kind": ("traceloop.span.kind",),
+    "request_type": ("llm.request.type",),
+    "operation": ("gen_ai.operation.name",),
+    "model": ("gen_ai.request.model", "llm.request.model_name", "llm.model_name"),
+    "response_model": ("gen_ai.response.model", "llm.response.model_name"),
+    "provider": ("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system"),
+    "response_id": ("gen_ai.response.id",),
+    "finish": ("gen_ai.response.finish_reasons", "llm.finish_reason"),
+    "input_tokens": ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens",
+                     "llm.token_count.prompt", "llm.usage.prompt_tokens"),
+    "output_tokens": ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens",
+                      "llm.token_count.completion", "llm.usage.completion_tokens"),
+    "cache_read": ("gen_ai.usage.cache_read.input_tokens",
+                   "gen_ai.usage.cache_read_input_tokens",
+                   "llm.token_count.prompt_details.cache_read"),
+    "cache_write": ("gen_ai.usage.cache_creation.input_tokens",
+                    "gen_ai.usage.cache_creation_input_tokens",
+                    "llm.token_count.prompt_details.cache_write"),
+    "total_tokens": ("llm.token_count.total", "llm.usage.total_tokens",
+                     "gen_ai.usage.total_tokens"),  # derivable: consumed, not kept
+    "cost": ("gen_ai.usage.cost", "llm.cost.total"),
+    "price_source": ("llmvigil.price_source",),
+    "price_version": ("llmvigil.price_version",),
+    "ttft": ("gen_ai.server.time_to_first_token",),
+    "feature": ("llmvigil.feature", "feature", "traceloop.association.properties.feature"),
+    "user": ("user.id", "enduser.id", "traceloop.association.properties.user_id",
+             "langfuse.user.id"),
+    "session": ("session.id", "gen_ai.conversation.id",
+                "traceloop.association.properties.session_id", "langfuse.session.id"),
+    "environment": ("deployment.environment",),
+    "release": ("service.version",),
+    "tags": ("llmvigil.tags", "tag.tags", "langfuse.trace.tags"),
+    "metadata": ("metadata",),
+    "error_type": ("error.type",),
+    "own_input": ("llmvigil.input",),
+    "own_output": ("llmvigil.output",),
+    "oi_input": ("input.value",),
+    "oi_input_mime": ("input.mime_type",),
+    "oi_output": ("output.value",),
+    "oi_output_mime": ("output.mime_type",),
+    "genai_input": ("gen_ai.input.messages",),
+    "genai_system": ("gen_ai.system_instructions",),
+    "genai_output": ("gen_ai.output.messages",),
+    "tl_input": ("traceloop.entity.input",),
+    "tl_output": ("traceloop.entity.output",),
+    "lit_input": ("gen_ai.prompt",),
+    "lit_output": ("gen_ai.completion",),
+}
+_FIELD_OF: dict[str, tuple[str, int]] = {
+    key: (name, rank) for name, keys in _SOURCES.items() for rank, key in enumerate(keys)}
+#: Attribute families flattened with an index or a sub-key after the prefix.
+_GROUPS = ("llmvigil.metadata.", "llmvigil.stream.", "llm.input_messages.",
+           "llm.output_messages.", "gen_ai.prompt.", "gen_ai.completion.")
+
 
 class _Attrs:
-    """Span attributes with the keys a rule consumed remembered."""
+    """A span's attributes indexed in one pass: known fields, prefixed families, the rest.
 
-    __slots__ = ("data", "used")
+    Every attribute a rule knows is consumed, the preferred non-empty one giving the
+    field's value; what no rule knows stays in :attr:`rest`.
+    """
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-        self.used: set[str] = set()
+    __slots__ = ("groups", "rest", "values")
 
-    def first(self, *keys: str) -> Any:
-        """The first non-empty value among ``keys``; every present key is consumed."""
-        found = None
-        for key in keys:
-            value = self.data.get(key)
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.values: dict[str, tuple[int, Any]] = {}
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.rest: dict[str, Any] = {}
+        values, field_of = self.values, _FIELD_OF
+        for key, value in data.items():
             if value is None:
                 continue
-            self.used.add(key)
-            if found is None and value != "" and value != []:
-                found = value
-        return found
+            hit = field_of.get(key)
+            if hit is not None:
+                if value == "" or value == []:
+                    continue
+                held = values.get(hit[0])
+                if held is None or hit[1] < held[0]:
+                    values[hit[0]] = (hit[1], value)
+            elif key.startswith(_GROUPS):
+                prefix = next(p for p in _GROUPS if key.startswith(p))
+                self.groups.setdefault(prefix, {})[key[len(prefix):]] = value
+            else:
+                self.rest[key] = value
 
-    def text(self, *keys: str) -> str | None:
-        value = self.first(*keys)
-        return None if value is None else str(value)
+    def get(self, name: str) -> Any:
+        held = self.values.get(name)
+        return None if held is None else held[1]
 
-    def prefixed(self, prefix: str) -> dict[str, Any]:
-        """``{rest: value}`` of the keys ``prefix + rest`` (all consumed)."""
-        out = {}
-        for key, value in self.data.items():
-            if key.startswith(prefix):
-                self.used.add(key)
-                out[key[len(prefix):]] = value
-        return out
+    def text(self, name: str) -> str | None:
+        held = self.values.get(name)
+        return None if held is None else str(held[1])
 
-    def rest(self) -> dict[str, Any]:
-        return {k: v for k, v in self.data.items() if k not in self.used and v is not None}
+    def group(self, prefix: str) -> dict[str, Any]:
+        return self.groups.get(prefix, {})
 
 
 def to_record(raw: OtlpSpan) -> Record:
@@ -436,12 +498,11 @@ def to_record(raw: OtlpSpan) -> Record:
     """
     _check_id(raw.trace_id, 32, "trace id")
     _check_id(raw.span_id, 16, "span id")
-    attrs = _Attrs(dict(raw.attributes))
-    if "llmvigil.record.id" in attrs.data:
-        marker = _marker_record(raw, attrs)
+    if "llmvigil.record.id" in raw.attributes:
+        marker = _marker_record(raw)
         if marker is not None:
             return marker
-    return _span(raw, attrs)
+    return _span(raw, _Attrs(raw.attributes))
 
 
 def _check_id(value: str, digits: int, what: str) -> None:
@@ -454,77 +515,70 @@ def _check_id(value: str, digits: int, what: str) -> None:
 
 
 def _span(raw: OtlpSpan, a: _Attrs) -> Span:
-    own = a.text("llmvigil.span.kind")  # exported by llmvigil itself: exact round trip
-    model = a.text("gen_ai.request.model", "llm.request.model_name", "llm.model_name")
-    response_model = a.text("gen_ai.response.model", "llm.response.model_name")
-    operation = a.text("gen_ai.operation.name")
+    own = a.text("own_kind")  # exported by llmvigil itself: an exact round trip
+    model = a.text("model")
+    response_model = a.text("response_model")
+    operation = a.text("operation")
     kind = own or _kind(a, operation, model or response_model)
     if own is not None and operation == _DEFAULT_OPERATION.get(kind):
         operation = None
+    metadata = _metadata(a)
+    feature = a.text("feature")
+    if feature is None and isinstance(metadata.get("feature"), str):
+        feature = metadata["feature"]
+    resource = raw.resource
     span = Span(
         id=raw.span_id, trace_id=raw.trace_id, parent_id=raw.parent_id, name=raw.name,
         kind=kind, start_ns=raw.start_ns, end_ns=raw.end_ns,
         # OTel instrumentations leave a successful span UNSET; llmvigil says "ok".
         status=_STATUS.get(raw.status_code, "unset" if own else "ok"),
         model=model, response_model=response_model, operation=operation,
-        provider=a.text("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system"),
-        response_id=a.text("gen_ai.response.id"),
-        usage=_usage(a, exact=own is not None),
-        cost_usd=_float(a.first("gen_ai.usage.cost", "llm.cost.total")),
-        price_source=a.text("llmvigil.price_source"),
-        price_version=a.text("llmvigil.price_version"),
+        provider=a.text("provider"), response_id=a.text("response_id"),
+        usage=_usage(a, exact=own is not None), cost_usd=_float(a.get("cost")),
+        price_source=a.text("price_source"), price_version=a.text("price_version"),
+        stop_reason=_finish_reason(a), metadata=metadata, feature=feature,
+        user_id=a.text("user"), session_id=a.text("session"),
+        environment=a.text("environment") or _text(
+            resource.get("deployment.environment.name")
+            or resource.get("deployment.environment")),
+        release=a.text("release") or _text(resource.get("service.version")),
     )
-    a.first("llm.token_count.total", "llm.usage.total_tokens", "gen_ai.usage.total_tokens")
-    metadata = _metadata(a)
-    span.metadata = metadata
-    span.feature = a.text("llmvigil.feature", "feature",
-                          "traceloop.association.properties.feature")
-    if span.feature is None and isinstance(metadata.get("feature"), str):
-        span.feature = metadata["feature"]
-    span.user_id = a.text("user.id", "enduser.id", "traceloop.association.properties.user_id",
-                          "langfuse.user.id")
-    span.session_id = a.text("session.id", "gen_ai.conversation.id",
-                             "traceloop.association.properties.session_id",
-                             "langfuse.session.id")
-    span.environment = a.text("deployment.environment") or _text(
-        raw.resource.get("deployment.environment.name")
-        or raw.resource.get("deployment.environment"))
-    span.release = a.text("service.version") or _text(raw.resource.get("service.version"))
-    tags = a.first("llmvigil.tags", "tag.tags", "langfuse.trace.tags")
+    tags = a.get("tags")
     if isinstance(tags, list):
         span.tags = [str(t) for t in tags]
-    elif isinstance(tags, str):
-        span.tags = [tags]
-    stream = {k: v for k, v in a.prefixed("llmvigil.stream.").items() if k in _STREAM_FIELDS}
+    elif tags is not None:
+        span.tags = [str(tags)]
+    stream = {k: v for k, v in a.group("llmvigil.stream.").items() if k in _STREAM_FIELDS}
     if stream:
         span.stream = msgspec.convert(stream, StreamStats, strict=False)
-    events = list(raw.events)
-    span.stop_reason = _finish_reason(a)
-    span.input, span.output, used_events = _content(a, events, span)
-    _errors(raw, a, span, events, used_events)
-    span.ttft_s = _ttft(raw, a, events, used_events)
-    rest = a.rest()
-    leftover = [e for i, e in enumerate(events) if i not in used_events]
+    events = raw.events
+    used: set[int] = set()
+    span.input = _input(a, events, used)
+    span.output = _output(a, events, used, span)
+    _errors(raw, a, span, events, used)
+    span.ttft_s = _ttft(raw, a, events, used)
+    rest = a.rest
+    leftover = [e for i, e in enumerate(events) if i not in used]
     if leftover:
         rest["otel.events"] = [{"name": e.name, "time_ns": e.time_ns,
                                 **({"attributes": e.attributes} if e.attributes else {})}
                                for e in leftover]
-    if own is None and raw.resource.get("service.name") is not None:
-        rest.setdefault("service.name", raw.resource["service.name"])
+    if own is None and resource.get("service.name") is not None:
+        rest.setdefault("service.name", resource["service.name"])
     span.attributes = rest
     return span
 
 
 def _kind(a: _Attrs, operation: str | None, model: str | None) -> str:
-    oi = a.text("openinference.span.kind")
-    if oi is not None and oi.upper() in _OPENINFERENCE_KINDS:
-        return _OPENINFERENCE_KINDS[oi.upper()]
-    traceloop = a.text("traceloop.span.kind")
-    if traceloop is not None and traceloop.lower() in _TRACELOOP_KINDS:
-        return _TRACELOOP_KINDS[traceloop.lower()]
+    for name, table in (("oi_kind", _OPENINFERENCE_KINDS), ("traceloop_kind", _TRACELOOP_KINDS)):
+        value = a.text(name)
+        if value is not None:
+            kind = table.get(value.upper() if name == "oi_kind" else value.lower())
+            if kind is not None:
+                return kind
     if operation is not None and operation.lower() in _OPERATION_KINDS:
         return _OPERATION_KINDS[operation.lower()]
-    request_type = a.text("llm.request.type")
+    request_type = a.text("request_type")
     if request_type is not None and request_type.lower() in _REQUEST_TYPE_KINDS:
         return _REQUEST_TYPE_KINDS[request_type.lower()]
     return "llm" if model else "span"
@@ -559,16 +613,10 @@ def _text(value: Any) -> str | None:
 
 
 def _usage(a: _Attrs, *, exact: bool) -> Usage | None:
-    inp = _int(a.first("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens",
-                       "llm.token_count.prompt", "llm.usage.prompt_tokens"))
-    out = _int(a.first("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens",
-                       "llm.token_count.completion", "llm.usage.completion_tokens"))
-    read = _int(a.first("gen_ai.usage.cache_read.input_tokens",
-                        "gen_ai.usage.cache_read_input_tokens",
-                        "llm.token_count.prompt_details.cache_read"))
-    write = _int(a.first("gen_ai.usage.cache_creation.input_tokens",
-                         "gen_ai.usage.cache_creation_input_tokens",
-                         "llm.token_count.prompt_details.cache_write"))
+    inp = _int(a.get("input_tokens"))
+    out = _int(a.get("output_tokens"))
+    read = _int(a.get("cache_read"))
+    write = _int(a.get("cache_write"))
     if inp is None and out is None and read is None and write is None:
         return None
     uncached = inp or 0
@@ -590,16 +638,16 @@ def _maybe_json(value: Any) -> Any:
 
 def _metadata(a: _Attrs) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    raw = _maybe_json(a.first("metadata"))
+    raw = _maybe_json(a.get("metadata"))
     if isinstance(raw, dict):
         out.update(raw)
-    for key, value in a.prefixed("llmvigil.metadata.").items():
+    for key, value in a.group("llmvigil.metadata.").items():
         out[key] = _maybe_json(value)
     return out
 
 
 def _finish_reason(a: _Attrs) -> str | None:
-    value = a.first("gen_ai.response.finish_reasons", "llm.finish_reason")
+    value = a.get("finish")
     if isinstance(value, list):
         value = value[0] if value else None
     return None if value is None else str(value)
@@ -633,9 +681,9 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _openinference_messages(a: _Attrs, prefix: str) -> list[dict[str, Any]]:
+def _openinference_messages(flat: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
-    for entry in _as_list(_unflatten(a.prefixed(prefix))):
+    for entry in _as_list(_unflatten(flat)):
         m = entry.get("message") if isinstance(entry, dict) else None
         if not isinstance(m, dict):
             continue
@@ -653,20 +701,17 @@ def _openinference_messages(a: _Attrs, prefix: str) -> list[dict[str, Any]]:
     return out
 
 
-def _indexed_messages(a: _Attrs, prefix: str) -> list[dict[str, Any]]:
-    return [m for m in _as_list(_unflatten(a.prefixed(prefix))) if isinstance(m, dict)]
+def _indexed_messages(flat: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in _as_list(_unflatten(flat)) if isinstance(m, dict)]
 
 
 def _genai_messages(value: Any) -> list[dict[str, Any]]:
     """GenAI semantic-convention messages (role + parts) as role + content."""
     out = []
     for m in _as_list(_maybe_json(value)):
-        if not isinstance(m, dict):
-            continue
-        parts = _as_list(m.get("parts"))
-        message: dict[str, Any] = {"role": m.get("role", "user"),
-                                   "content": _genai_content(parts)}
-        out.append(message)
+        if isinstance(m, dict):
+            out.append({"role": m.get("role", "user"),
+                        "content": _genai_content(_as_list(m.get("parts")))})
     return out
 
 
@@ -691,12 +736,9 @@ def _reply(messages: list[dict[str, Any]]) -> Any:
     return messages
 
 
-def _mime_value(a: _Attrs, key: str) -> Any:
-    value = a.first(key)
-    mime = a.text(f"{key.split('.')[0]}.mime_type")
-    if value is None:
-        return None
-    if mime is not None and "json" in mime.lower() and isinstance(value, str):
+def _mime_value(value: Any, mime: Any) -> Any:
+    """An OpenInference ``input.value``/``output.value``, decoded when its mime type is JSON."""
+    if isinstance(value, str) and mime is not None and "json" in str(mime).lower():
         try:
             return msgspec.json.decode(value)
         except msgspec.DecodeError:
@@ -704,75 +746,67 @@ def _mime_value(a: _Attrs, key: str) -> Any:
     return value
 
 
-def _content(a: _Attrs, events: list[OtlpEvent],
-             span: Span) -> tuple[Any, Any, set[int]]:
-    """(input, output, indexes of the events consumed) of a span."""
-    used: set[int] = set()
-    own_in = a.first("llmvigil.input")
-    own_out = a.first("llmvigil.output")
-    oi_in = _mime_value(a, "input.value")
-    oi_out = _mime_value(a, "output.value")
-    genai_in = _genai_messages(a.first("gen_ai.input.messages"))
-    system = _maybe_json(a.first("gen_ai.system_instructions"))
-    genai_out = _genai_messages(a.first("gen_ai.output.messages"))
-    oi_in_msgs = _openinference_messages(a, "llm.input_messages.")
-    oi_out_msgs = _openinference_messages(a, "llm.output_messages.")
-    tl_in_msgs = _indexed_messages(a, "gen_ai.prompt.")
-    tl_out_msgs = _indexed_messages(a, "gen_ai.completion.")
-    tl_in = _maybe_json(a.first("traceloop.entity.input"))
-    tl_out = _maybe_json(a.first("traceloop.entity.output"))
-    lit_in = _maybe_json(a.first("gen_ai.prompt"))
-    lit_out = _maybe_json(a.first("gen_ai.completion"))
+def _event_value(events: list[OtlpEvent], name: str, key: str, used: set[int]) -> Any:
     for i, e in enumerate(events):
-        if e.name == "gen_ai.content.prompt" and lit_in is None:
-            lit_in = _maybe_json(e.attributes.get("gen_ai.prompt"))
+        if e.name == name:
             used.add(i)
-        elif e.name == "gen_ai.content.completion" and lit_out is None:
-            lit_out = _maybe_json(e.attributes.get("gen_ai.completion"))
-            used.add(i)
+            return _maybe_json(e.attributes.get(key))
+    return None
 
-    inp: Any = None
-    if own_in is not None:
-        inp = _maybe_json(own_in)
-    elif oi_in is not None:
-        inp = oi_in
-    elif genai_in:
-        inp = {"messages": genai_in}
+
+def _input(a: _Attrs, events: list[OtlpEvent], used: set[int]) -> Any:
+    """The span's input from the first convention that carries one."""
+    prompt_event = _event_value(events, "gen_ai.content.prompt", "gen_ai.prompt", used)
+    if (value := a.get("own_input")) is not None:
+        return _maybe_json(value)
+    if (value := a.get("oi_input")) is not None:
+        return _mime_value(value, a.get("oi_input_mime"))
+    if messages := _genai_messages(a.get("genai_input")):
+        out: dict[str, Any] = {"messages": messages}
+        system = _maybe_json(a.get("genai_system"))
         if system:
             parts = system if isinstance(system, list) else [system]
-            inp["system"] = _genai_content(
+            out["system"] = _genai_content(
                 [p if isinstance(p, dict) else {"type": "text", "content": p} for p in parts])
-    elif oi_in_msgs or tl_in_msgs:
-        inp = {"messages": oi_in_msgs or tl_in_msgs}
-    elif tl_in is not None:
-        inp = tl_in
-    elif lit_in is not None:
-        inp = lit_in
+        return out
+    messages = (_openinference_messages(a.group("llm.input_messages."))
+                or _indexed_messages(a.group("gen_ai.prompt.")))
+    if messages:
+        return {"messages": messages}
+    if (value := a.get("tl_input")) is not None:
+        return _maybe_json(value)
+    if (value := a.get("lit_input")) is not None:
+        return _maybe_json(value)
+    return prompt_event
 
-    out: Any = None
-    if own_out is not None:
-        out = _maybe_json(own_out)
-    elif oi_out is not None:
-        out = oi_out
-    elif genai_out:
-        out = _reply(genai_out)
-    elif oi_out_msgs:
-        out = _reply(oi_out_msgs)
-    elif tl_out_msgs:
-        if span.stop_reason is None and tl_out_msgs[0].get("finish_reason"):
-            span.stop_reason = str(tl_out_msgs[0]["finish_reason"])
-        out = _reply([{k: v for k, v in m.items() if k != "finish_reason"}
-                      for m in tl_out_msgs])
-    elif tl_out is not None:
-        out = tl_out
-    elif lit_out is not None:
-        out = lit_out
-    return inp, out, used
+
+def _output(a: _Attrs, events: list[OtlpEvent], used: set[int], span: Span) -> Any:
+    """The span's output from the first convention that carries one."""
+    completion_event = _event_value(events, "gen_ai.content.completion", "gen_ai.completion",
+                                    used)
+    if (value := a.get("own_output")) is not None:
+        return _maybe_json(value)
+    if (value := a.get("oi_output")) is not None:
+        return _mime_value(value, a.get("oi_output_mime"))
+    if messages := _genai_messages(a.get("genai_output")):
+        return _reply(messages)
+    if messages := _openinference_messages(a.group("llm.output_messages.")):
+        return _reply(messages)
+    if messages := _indexed_messages(a.group("gen_ai.completion.")):
+        if span.stop_reason is None and messages[0].get("finish_reason"):
+            span.stop_reason = str(messages[0]["finish_reason"])
+        return _reply([{k: v for k, v in m.items() if k != "finish_reason"}
+                       for m in messages])
+    if (value := a.get("tl_output")) is not None:
+        return _maybe_json(value)
+    if (value := a.get("lit_output")) is not None:
+        return _maybe_json(value)
+    return completion_event
 
 
 def _errors(raw: OtlpSpan, a: _Attrs, span: Span, events: list[OtlpEvent],
             used: set[int]) -> None:
-    error_type = a.text("error.type")
+    error_type = a.text("error_type")
     message = raw.status_message or None
     for i, e in enumerate(events):
         if e.name == "exception":
@@ -785,7 +819,7 @@ def _errors(raw: OtlpSpan, a: _Attrs, span: Span, events: list[OtlpEvent],
 
 
 def _ttft(raw: OtlpSpan, a: _Attrs, events: list[OtlpEvent], used: set[int]) -> float | None:
-    value = _float(a.first("gen_ai.server.time_to_first_token"))
+    value = _float(a.get("ttft"))
     first: int | None = None
     chunk: int | None = None
     for i, e in enumerate(events):
@@ -812,12 +846,13 @@ def _own_trace(raw: OtlpSpan, record_id: str) -> str | None:
     return None if raw.trace_id == derived else raw.trace_id
 
 
-def _marker_record(raw: OtlpSpan, a: _Attrs) -> Record | None:
-    record_id = str(a.data["llmvigil.record.id"])
+def _marker_record(raw: OtlpSpan) -> Record | None:
+    d = raw.attributes
+    record_id = str(d["llmvigil.record.id"])
     trace_id = _own_trace(raw, record_id)
-    target = a.data.get("llmvigil.target.span_id") or raw.parent_id
-    metadata = {k: _maybe_json(v) for k, v in a.prefixed("llmvigil.metadata.").items()}
-    d = a.data
+    target = d.get("llmvigil.target.span_id") or raw.parent_id
+    metadata = {k[len("llmvigil.metadata."):]: _maybe_json(v) for k, v in d.items()
+                if k.startswith("llmvigil.metadata.")}
     if "llmvigil.score.kind" in d:
         kind = str(d["llmvigil.score.kind"])
         category = _text(d.get("llmvigil.score.category"))

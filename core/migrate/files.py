@@ -608,6 +608,8 @@ class OtlpJsonCodec:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             name = raw.get("name") if isinstance(raw, dict) else None
             what = f"OTLP span {name!r}" if name else "OTLP span"
+            if rid is None and isinstance(raw, dict):
+                rid = _field(raw, "spanId")
             return Skipped(f"cannot read {what}: {exc}", where, _str(rid))
 
     @staticmethod

@@ -41,8 +41,13 @@ class CompatWarning(UserWarning):
     """A vendor decorator argument that llmvigil accepts but does not honour."""
 
 
-def warn_ignored(vendor: str, names: Iterable[str], why: str = "") -> None:
-    """Warn once per process for each ignored argument of ``vendor``'s decorator."""
+def warn_ignored(vendor: str, names: Iterable[str], why: str = "", *,
+                 stacklevel: int = 3) -> None:
+    """Warn once per process for each ignored argument of ``vendor``'s decorator.
+
+    ``stacklevel`` counts from this function: 3 is the caller of the decorator
+    factory that calls it directly.
+    """
     for name in names:
         with _warned_lock:
             if (vendor, name) in _warned:
@@ -51,7 +56,7 @@ def warn_ignored(vendor: str, names: Iterable[str], why: str = "") -> None:
         warnings.warn(
             f"llmvigil.compat.{vendor}: argument {name!r} is accepted but ignored"
             + (f" ({why})" if why else "") + "; see docs/migration.md",
-            CompatWarning, stacklevel=4,
+            CompatWarning, stacklevel=stacklevel,
         )
 
 
@@ -139,7 +144,7 @@ def compat_trace(
         # The vendors transform the reduced stream; the items are not transformed
         # here, so record no output rather than what the transform was meant to hide.
         warn_ignored(vendor, ["process_outputs on a generator"],
-                     "its output is not recorded")
+                     "its output is not recorded", stacklevel=4)
         process_outputs, capture_output = None, False
     inner = _with_transforms(func, process_inputs, process_outputs)
     extra = dict(fields or {})

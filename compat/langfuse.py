@@ -43,7 +43,8 @@ def _default_capture() -> bool:
 def _call_options(kwargs: dict[str, Any]) -> Mapping[str, Any] | None:
     popped = [k for k in _CALL_KEYWORDS if kwargs.pop(k, None) is not None]
     if popped:
-        warn_ignored("langfuse", popped, "llmvigil links spans through the context")
+        warn_ignored("langfuse", popped, "llmvigil links spans through the context",
+                     stacklevel=5)
     return None
 
 

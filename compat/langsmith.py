@@ -36,7 +36,7 @@ def _kind(run_type: Any) -> str:
     if kind is None:
         warn_ignored("langsmith", [f"run_type={run_type!r}"],
                      f"not a LangSmith run type; recorded as kind 'span' (known: "
-                     f"{', '.join(RUN_TYPES)})")
+                     f"{', '.join(RUN_TYPES)})", stacklevel=4)
         return "span"
     return kind
 
@@ -46,11 +46,11 @@ def _call_options(kwargs: dict[str, Any]) -> Mapping[str, Any] | None:
     if not extra:
         return None
     if not isinstance(extra, Mapping):
-        warn_ignored("langsmith", ["langsmith_extra (not a mapping)"])
+        warn_ignored("langsmith", ["langsmith_extra (not a mapping)"], stacklevel=5)
         return None
     ignored = [f"langsmith_extra[{k!r}]" for k in extra if k not in _HONOURED_EXTRA]
     if ignored:
-        warn_ignored("langsmith", ignored)
+        warn_ignored("langsmith", ignored, stacklevel=5)
     return {k: extra[k] for k in _HONOURED_EXTRA if extra.get(k) is not None}
 
 

@@ -281,6 +281,15 @@ def _print_report(data: dict[str, Any]) -> None:
     out.print(table)
 
 
+def _mount_subcommands() -> None:
+    from .cli_canary import register as register_canary
+
+    register_canary(app)
+
+
+_mount_subcommands()
+
+
 def main() -> None:
     """Entry point of the ``vigil`` console script."""
     try:

@@ -611,7 +611,7 @@ def test_concurrency_limit_holds_for_sync_and_async_targets(tmp_path: Path,
     elapsed = time.monotonic() - started
     assert [r.passed for r in results] == [True] * 8
     assert state["peak"] == 3
-    assert 0.45 <= elapsed < 8 * 0.15  # ceil(8/3) waves of 0.15 s, well under sequential
+    assert elapsed >= 3 * 0.15  # at most 3 at once: ceil(8/3) = 3 waves of 0.15 s
     state["peak"] = 0
     asyncio.run(run_suite(suite, concurrency=1))
     assert state["peak"] == 1

@@ -103,7 +103,7 @@ def test_anthropic_judge_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(ConfigError, match="needs an API key: set ANTHROPIC_API_KEY"):
         AnthropicJudge({})
-    with pytest.raises(ConfigError, match="monitors.safety.judge.settings: max_tokens"):
+    with pytest.raises(ConfigError, match=r"monitors\.safety\.judge\.settings: max_tokens"):
         AnthropicJudge({"api_key": "k", "max_tokens": 1})
     with pytest.raises(ConfigError, match="temperature: Extra inputs"):
         AnthropicJudge({"api_key": "k", "temperature": 1})

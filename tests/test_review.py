@@ -89,7 +89,7 @@ def test_new_queue_file_is_0600_and_peek_creates_nothing(tmp_path: Path) -> None
 def test_resolve_unknown_bad_and_repeated_decisions(tmp_path: Path) -> None:
     with ReviewQueue(tmp_path / "q.db") as queue:
         queue.add(_item("v1"))
-        with pytest.raises(UnknownItem, match="no review item with id 7 .*ids 1 to 1"):
+        with pytest.raises(UnknownItem, match=r"no review item with id 7 .*ids 1 to 1"):
             queue.get(7)
         with pytest.raises(ReviewError, match="unknown decision 'maybe'; expected one of "
                                               "allow, block"):

@@ -68,7 +68,11 @@ def _import_path(value: str) -> str:
 def _valid_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
     if schema is None:
         return None
-    import jsonschema
+    try:
+        import jsonschema
+    except ImportError:
+        raise ValueError("json_schema expectations need the 'jsonschema' package: "
+                         "pip install jsonschema") from None
 
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)

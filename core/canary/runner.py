@@ -292,7 +292,8 @@ async def _run_case(case: CanaryCase, targets: Targets, suite: str) -> CaseResul
     if evaluation is not None:
         result.passed = evaluation.passed
         result.failures = evaluation.failures
-        result.values = evaluation.values
+        # As the history will hold them, so a value compares equal to its stored self.
+        result.values = json.loads(json.dumps(evaluation.values, default=str))
     else:
         result.failures = [Failure("target", result.error or "no output")]
     return result

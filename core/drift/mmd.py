@@ -90,10 +90,12 @@ def median_bandwidth(z: np.ndarray, rng: np.random.Generator, *,
     """
     n = z.shape[0]
     sub = z if n <= points else z[rng.choice(n, size=points, replace=False)]
+    m = sub.shape[0]
     sub = sub.astype(np.float64)
     sq = np.einsum("ij,ij->i", sub, sub)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (sub @ sub.T)
-    d2 = np.maximum(d2[np.triu_indices(sub.shape[0], k=1)], 0.0)
+    full = sq[:, None] + sq[None, :] - 2.0 * (sub @ sub.T)
+    # every pair twice, diagonal dropped: the median of a doubled multiset is the same
+    d2 = np.maximum(full.ravel()[1:].reshape(m - 1, m + 1)[:, :-1], 0.0).ravel()
     med = float(np.median(d2))
     if med > 0:
         return math.sqrt(med)

@@ -550,7 +550,10 @@ def _span(raw: OtlpSpan, a: _Attrs) -> Span:
         span.tags = [str(tags)]
     stream = {k: v for k, v in a.group("llmvigil.stream.").items() if k in _STREAM_FIELDS}
     if stream:
-        span.stream = msgspec.convert(stream, StreamStats, strict=False)
+        try:
+            span.stream = msgspec.convert(stream, StreamStats, strict=False)
+        except msgspec.ValidationError:
+            a.rest.update({f"llmvigil.stream.{k}": v for k, v in stream.items()})
     events = raw.events
     used: set[int] = set()
     span.input = _input(a, events, used)

@@ -199,6 +199,7 @@ class Checkpoint:
         self.marks: dict[str, dict[str, Any]] = {}
         self.complete = False
         self.resumed = False
+        self._resume: dict[str, tuple[int, str]] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, source: str, destinations: Sequence[str],
@@ -229,6 +230,7 @@ class Checkpoint:
         ck.marks = {k: dict(v) for k, v in marks.items() if k in RECORD_KINDS}
         ck.complete = bool(data.get("complete"))
         ck.resumed = True
+        ck._resume = ck.after()
         return ck
 
     def after(self) -> dict[str, tuple[int, str]]:
@@ -237,11 +239,10 @@ class Checkpoint:
                 if m.get("ordered", True) and "time_ns" in m}
 
     def covers(self, kind: str, key: tuple[int, str]) -> bool:
-        """Whether the record with ``key`` was delivered by an earlier run."""
-        mark = self.marks.get(kind)
-        if not mark or not mark.get("ordered", True) or "time_ns" not in mark:
-            return False
-        return key <= (int(mark["time_ns"]), str(mark["id"]))
+        """Whether the record with ``key`` was delivered by an earlier run (this run's
+        progress does not count: a record this run has not delivered is never skipped)."""
+        mark = self._resume.get(kind)
+        return mark is not None and key <= mark
 
     def advance(self, kind: str, key: tuple[int, str], delivered: int) -> None:
         """Note that every record of ``kind`` up to ``key`` is delivered."""

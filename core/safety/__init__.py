@@ -190,14 +190,17 @@ def check(prompt: Any, response: Any, *, feature: str | None = None,
             decided_by=f"rule:{ev.rule}" if ev.rule else "rules",
             trace_id=trace_id, span_id=span_id, metadata=meta,
         )
-        capture.emit(verdict)
+    except Exception as exc:
+        return _failed(exc, state, feature, user_id)
+    capture.emit(verdict)
+    try:  # the decision stands whatever happens to the background hand-off
         if state.monitor is not None:
             state.monitor.offer(verdict, prompt_text, response_text)
         if live:
             record.attributes["llmvigil.safety.action"] = ev.action
-        return verdict
     except Exception as exc:
-        return _failed(exc, state, feature, user_id)
+        capture.internal_error("safety.offer", exc)
+    return verdict
 
 
 def _failed(exc: Exception, state: _State | None, feature: str | None,

@@ -148,18 +148,22 @@ class BoundedWorker:
     def submit(self, item: Any) -> bool:
         """Queue ``item``; ``False`` (and counted) when the queue is full or closed."""
         if self._closed:
-            self.dropped += 1
+            self._drop()
             return False
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            self.dropped += 1
+            self._drop()
             return False
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
         return True
+
+    def _drop(self) -> None:
+        with self._lock:
+            self.dropped += 1
 
     def _run(self) -> None:
         q = self._queue

@@ -128,7 +128,7 @@ _WORD = re.compile(r"\w+")
 _RUN_DETECTORS = ("credit_card", "phone", "ip_address")
 _MIN_RUN = {c: max(2, _min_width(CATEGORIES[c].pattern) - 1) for c in _RUN_DETECTORS}
 # Starting with \d lets the regex engine skip other characters in C.
-_DIGIT_RUN = re.compile(r"\d[\d .()-]{%d,}\d" % (min(_MIN_RUN.values()) - 2))
+_DIGIT_RUN = re.compile(rf"\d[\d .()-]{{{min(_MIN_RUN.values()) - 2},}}\d")
 # Detector lookarounds read up to this many characters on each side of a match.
 _CONTEXT = 2
 

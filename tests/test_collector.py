@@ -10,6 +10,7 @@ the same work captured in-process.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import http.client
 import json
@@ -528,3 +529,75 @@ def test_explicit_host_warns_and_sigterm_flushes_everything(tmp_path: Path) -> N
     assert "2000 spans accepted" in out
     with LocalStore(proc.store_path) as store:
         assert store.count("spans") == 2000
+
+
+# -- the mapping alone: less common shapes ---------------------------------------------------
+
+
+def test_mapping_of_less_common_shapes() -> None:
+    from llmvigil.core.fleet.otlp_map import decode_json, to_record
+
+    trace = bytes(range(1, 17))
+    start = 1_700_000_000_000_000_000
+    payload = {"resource_spans": [{"scope_spans": [{"spans": [
+        {  # protobuf-JSON style: base64 ids, snake_case names, enum names
+            "trace_id": base64.b64encode(trace).decode(),
+            "span_id": base64.b64encode(bytes(range(1, 9))).decode(),
+            "name": "litellm.completion", "start_time_unix_nano": start,
+            "end_time_unix_nano": start + 2 * 10**9,
+            "status": {"code": "STATUS_CODE_OK"},
+            "attributes": [
+                {"key": "gen_ai.request.model", "value": {"string_value": "gpt-4o"}},
+                {"key": "gen_ai.usage.input_tokens", "value": {"int_value": 10}},
+                {"key": "tag.tags", "value": {"array_value": {"values": [
+                    {"string_value": "a"}, {"string_value": "b"}]}}},
+                {"key": "extra", "value": {"kvlist_value": {"values": [
+                    {"key": "k", "value": {"double_value": 1.5}}]}}},
+            ],
+            "events": [
+                {"name": "gen_ai.content.prompt", "time_unix_nano": start,
+                 "attributes": [{"key": "gen_ai.prompt", "value": {"string_value": "hi"}}]},
+                {"name": "gen_ai.content.completion", "time_unix_nano": start + 2 * 10**9,
+                 "attributes": [{"key": "gen_ai.completion",
+                                 "value": {"string_value": "hello"}}]},
+                {"name": "llm.content.completion.chunk", "time_unix_nano": start + 4 * 10**8},
+                {"name": "llm.content.completion.chunk", "time_unix_nano": start + 9 * 10**8},
+                {"name": "retry", "time_unix_nano": start + 10**8},
+            ],
+        },
+        {  # OpenInference flattened messages with a tool call, a tool span's kind
+            "traceId": trace.hex(), "spanId": "00000000000000aa",
+            "parentSpanId": bytes(range(1, 9)).hex(), "name": "agent step",
+            "attributes": [
+                {"key": "openinference.span.kind", "value": {"stringValue": "LLM"}},
+                {"key": "llm.model_name", "value": {"stringValue": "claude-3-5-haiku"}},
+                {"key": "llm.input_messages.0.message.role", "value": {"stringValue": "user"}},
+                {"key": "llm.input_messages.0.message.content",
+                 "value": {"stringValue": "weather?"}},
+                {"key": "llm.output_messages.0.message.role",
+                 "value": {"stringValue": "assistant"}},
+                {"key": "llm.output_messages.0.message.tool_calls.0.tool_call.function.name",
+                 "value": {"stringValue": "get_weather"}},
+                {"key": "llm.token_count.prompt", "value": {"intValue": "50"}},
+                {"key": "llm.token_count.prompt_details.cache_write",
+                 "value": {"intValue": "20"}},
+                {"key": "llm.token_count.completion", "value": {"intValue": "5"}},
+            ],
+        },
+    ]}]}]}
+    first, second = (to_record(s) for s in decode_json(json.dumps(payload).encode()))
+    assert isinstance(first, Span) and isinstance(second, Span)
+    assert (first.trace_id, first.id) == (trace.hex(), bytes(range(1, 9)).hex())
+    assert first.kind == "llm" and first.status == "ok" and first.tags == ["a", "b"]
+    assert (first.input, first.output) == ("hi", "hello")
+    assert first.ttft_s == pytest.approx(0.4)  # the first streamed chunk
+    assert first.attributes["extra"] == {"k": 1.5}
+    assert [e["name"] for e in first.attributes["otel.events"]] == [
+        "llm.content.completion.chunk", "llm.content.completion.chunk", "retry"]
+    assert second.parent_id == first.id and second.model == "claude-3-5-haiku"
+    assert second.input == {"messages": [{"role": "user", "content": "weather?"}]}
+    assert second.output == [{"role": "assistant", "content": None,
+                              "tool_calls": [{"function": {"name": "get_weather"}}]}]
+    assert to_builtins(second)["usage"] == {"gen_ai.usage.input_tokens": 30,
+                                            "gen_ai.usage.output_tokens": 5,
+                                            "gen_ai.usage.cache_creation.input_tokens": 20}

@@ -79,3 +79,28 @@ def test_readme_capability_table_is_generated_from_the_adapters() -> None:
     start, end = "<!-- capabilities:start -->\n", "\n<!-- capabilities:end"
     documented = README.split(start)[1].split(end)[0]
     assert documented == table.strip(), "run `vigil backends --markdown` and paste it into README"
+
+
+def test_example_config_commented_monitor_and_alert_blocks_are_valid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncommenting the `monitors:` and `alerts:` examples gives a valid config."""
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+    lines, in_block = [], False
+    for line in (ROOT / "config.example.yaml").read_text().splitlines():
+        if line in ("monitors: {}", "alerts: {}"):
+            lines.append(line.replace(" {}", ""))
+            in_block = True
+        elif in_block and line.startswith("#  "):
+            lines.append(line[1:])
+        else:
+            in_block = in_block and not line.strip()
+            lines.append(line)
+    text = "\n".join(lines)
+    assert "  cost:" in text and "  rules:" in text
+    path = tmp_path / "vigil.yaml"
+    path.write_text(text)
+    cfg = llmvigil.init(str(path), pipeline={"journal_dir": str(tmp_path / "j")},
+                        store={"path": str(tmp_path / "s.db")}).config
+    assert cfg.monitors["cost"]["budgets"]["global_usd_per_day"] == 200
+    assert cfg.alerts["rules"][0]["name"] == "unhappy-users"

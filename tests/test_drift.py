@@ -18,7 +18,7 @@ from llmvigil.adapters.memory import get_memory_backend
 from llmvigil.core.drift import mmd_test
 from llmvigil.core.errors import ConfigError, PluginError
 from llmvigil.core.model import Alert, Metric, Span, new_trace_id
-from llmvigil.core.monitors.drift import DriftMonitor, output_text
+from llmvigil.core.monitors.drift import DriftMonitor, embedder_infos, output_text
 from llmvigil.plugins import hookspecs
 from llmvigil.plugins.embedders import HashedEmbedder
 from llmvigil.plugins.hookspecs import hookimpl
@@ -354,6 +354,17 @@ def test_embedder_is_chosen_by_name_through_the_hook() -> None:
         DriftMonitor({"embedder": "nope"}, plugin_manager=pm, where="cfg.yaml: monitors.drift")
     with pytest.raises(PluginError, match="'hashed' is taken"):
         DriftMonitor({}, plugin_manager=_manager(EmbedderInfo("hashed", factory)))
+
+
+def test_builtin_embedders_registered_as_a_plugin_do_not_clash() -> None:
+    """Once plugins/embedders.py is a built-in plugin, its hook returns the same infos."""
+    from llmvigil.plugins import embedders
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    pm.register(embedders, name="llmvigil.plugins.embedders")
+    assert sorted(embedder_infos(pm)) == ["hashed", "provider", "sentence-transformers"]
+    assert DriftMonitor({}, plugin_manager=pm).settings.embedder == "hashed"
 
 
 @pytest.mark.parametrize("config, match", [

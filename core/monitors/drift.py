@@ -50,6 +50,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from ...plugins.types import EmbedderInfo
 from ..drift import DEFAULT_KERNEL_MAX_N, MMDResult, mmd_test
 from ..errors import ConfigError, PluginError
 from ..model import Alert, Metric, Span
@@ -102,17 +103,16 @@ class DriftSettings(Settings):
         return self
 
 
-def embedder_infos(plugin_manager: Any = None) -> dict[str, Any]:
+def embedder_infos(plugin_manager: Any = None) -> dict[str, EmbedderInfo]:
     """Every embedder by name: the built-ins plus those offered by plugins.
 
     Raises:
         PluginError: a plugin offers a name already taken, or returns something else
             than :class:`~llmvigil.plugins.types.EmbedderInfo`.
     """
-    from ...plugins.embedders import BUILTIN_EMBEDDERS
-    from ...plugins.types import EmbedderInfo
+    from ...plugins.embedders import BUILTIN_EMBEDDERS  # plugins import core: not at the top
 
-    found: dict[str, Any] = {info.name: info for info in BUILTIN_EMBEDDERS}
+    found = {info.name: info for info in BUILTIN_EMBEDDERS}
     if plugin_manager is None:
         return found
     for impl in plugin_manager.hook.llmvigil_embedders.get_hookimpls():

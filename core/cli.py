@@ -283,8 +283,10 @@ def _print_report(data: dict[str, Any]) -> None:
 
 def _mount_subcommands() -> None:
     from .cli_canary import register as register_canary
+    from .cli_migrate import app as migrate_app
 
     register_canary(app)
+    app.add_typer(migrate_app)  # export, import, migrate, compare
 
 
 _mount_subcommands()

@@ -183,6 +183,17 @@ def _importer(pm: Any, cfg: VigilConfig, name: str, opts: Mapping[str, Any]) -> 
         raise ConfigError(f"importer {name!r}: {exc}") from exc
 
 
+def _require_importer(pm: Any, cfg: VigilConfig, name: str, flag: str) -> None:
+    """Fail early when ``name`` cannot be read back."""
+    from ..plugins.manager import importer_infos
+
+    base = _settings(cfg, name, {})[0]
+    infos = importer_infos(pm)
+    if base not in infos:
+        raise ConfigError(f"{flag}: no importer {base!r} to read the destination back; "
+                          f"known importers: {', '.join(sorted(infos))}")
+
+
 def _destination(pm: Any, cfg: VigilConfig, name: str, opts: Mapping[str, Any]) -> Destination:
     """The destination backend labelled ``name``, as the runtime would build it."""
     from ..plugins.manager import get_adapter
@@ -293,7 +304,8 @@ def _print_report(report: MigrationReport, title: str) -> None:
              or report.already_delivered[k] or any(d.written[k] or d.skipped.get(k)
                                                    for d in dests)]
     for kind in [*kinds, *(["unknown"] if report.invalid["unknown"] else [])]:
-        row = [kind.replace("_", " "), str(report.read[kind] + report.invalid[kind])]
+        label = "unknown kind" if kind == "unknown" else kind.replace("_", " ")
+        row = [label, str(report.read[kind] + report.invalid[kind])]
         if report.resumed:
             row.append(str(report.already_delivered[kind]))
         for d in dests:
@@ -336,7 +348,12 @@ def _print_report(report: MigrationReport, title: str) -> None:
                 else "; use --checkpoint FILE to make a migration resumable")
         err.print(f"[bold red]stopped:[/] {escape(report.stopped + hint)}", highlight=False,
                   soft_wrap=True)
-    out.print(f"{report.total_read} records in {report.elapsed_s:.1f}s", highlight=False)
+    unreadable = sum(report.invalid.values())
+    out.print(f"{report.total_read} records read"
+              + (f", {unreadable} unreadable" if unreadable else "")
+              + (f", {sum(report.already_delivered.values())} already delivered"
+                 if report.resumed else "")
+              + f" in {report.elapsed_s:.1f}s", highlight=False)
 
 
 def _kinds() -> tuple[str, ...]:
@@ -501,6 +518,8 @@ def migrate_cmd(
         selection = _selection(since, until, project, limit, kinds)
         importer = _importer(pm, cfg, source, from_opts)
         dest = _destination(pm, cfg, to, to_opts)
+        if verify:
+            _require_importer(pm, cfg, to, "--verify")
         report = _run(importer, [dest], source=source, selection=selection,
                       checkpoint=checkpoint, dry_run=dry_run, batch_size=batch_size,
                       cfg=cfg, as_json=as_json, title=f"migrate {source} -> {to}")

@@ -43,7 +43,10 @@ __all__ = [
 ]
 
 #: ``PRAGMA user_version`` of the schema below; bump it with a migration step.
-SCHEMA_VERSION = 1
+#: Version 2 added the report structures (:data:`REPORT_STATEMENTS`): a writer
+#: opening a version 1 store runs every statement of :data:`SCHEMA_STATEMENTS`
+#: (all idempotent), which builds them and backfills the rollup once.
+SCHEMA_VERSION = 2
 
 #: Where the local store lives when the config does not say (``store.path``).
 DEFAULT_STORE_PATH = ".vigil/vigil.db"
@@ -179,8 +182,97 @@ TABLES: dict[str, TableSpec] = {
     )
 }
 
+# ---------------------------------------------------------------------------
+# SQLite-only report structures: covering indexes and the spans rollup
+# ---------------------------------------------------------------------------
+
+#: Width of one ``spans_rollup`` slot: 5 minutes, so report buckets that are
+#: multiples of 5 minutes are summed from the rollup instead of the spans.
+ROLLUP_SLOT_NS = 300 * 1_000_000_000
+
+#: ``spans_rollup`` columns after ``feature`` and ``slot``: (name, SQLite type, the
+#: contribution of one span row ``{r}``). Every figure is a plain sum, so a row that
+#: is inserted adds its contribution and a row that is updated or deleted takes it back.
+ROLLUP_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("spans", "INTEGER", "1"),
+    ("span_errors", "INTEGER", "{r}.status = 'error'"),
+    ("requests", "INTEGER", "{r}.parent_id IS NULL"),
+    ("errors", "INTEGER", "{r}.parent_id IS NULL AND {r}.status = 'error'"),
+    ("input_tokens", "INTEGER", "IFNULL({r}.input_tokens, 0)"),
+    ("output_tokens", "INTEGER", "IFNULL({r}.output_tokens, 0)"),
+    ("cache_read_tokens", "INTEGER", "IFNULL({r}.cache_read_tokens, 0)"),
+    ("cache_write_tokens", "INTEGER", "IFNULL({r}.cache_write_tokens, 0)"),
+    ("cost_usd", "REAL", "IFNULL({r}.cost_usd, 0.0)"),
+    ("priced_spans", "INTEGER", "{r}.cost_usd IS NOT NULL"),
+    ("unpriced_llm_spans", "INTEGER", "{r}.kind = 'llm' AND {r}.cost_usd IS NULL"),
+    ("ttft_count", "INTEGER", "{r}.ttft_s IS NOT NULL"),
+    ("ttft_sum_s", "REAL", "IFNULL({r}.ttft_s, 0.0)"),
+)
+ROLLUP_FIELDS: tuple[str, ...] = tuple(name for name, _, _ in ROLLUP_COLUMNS)
+
+# The rollup keys spans without a feature as '' (a NULL key would never conflict).
+_ROLLUP_KEY = "IFNULL({r}.feature, ''), {r}.start_ns / " + str(ROLLUP_SLOT_NS)
+
+
+def _rollup_upsert(row: str, sign: str) -> str:
+    names = ", ".join(ROLLUP_FIELDS)
+    values = ", ".join(f"{sign}({expr.format(r=row)})" for _, _, expr in ROLLUP_COLUMNS)
+    updates = ", ".join(f"{n} = {n} + excluded.{n}" for n in ROLLUP_FIELDS)
+    return (
+        f"INSERT INTO spans_rollup (feature, slot, {names}) "
+        f"VALUES ({_ROLLUP_KEY.format(r=row)}, {values}) "
+        f"ON CONFLICT (feature, slot) DO UPDATE SET {updates};"
+    )
+
+
+def _rollup_statements() -> list[str]:
+    cols = ",\n    ".join(f"{n} {t} NOT NULL DEFAULT 0" for n, t, _ in ROLLUP_COLUMNS)
+    sums = ", ".join(f"SUM({expr.format(r='spans')})" for _, _, expr in ROLLUP_COLUMNS)
+    return [
+        "CREATE TABLE IF NOT EXISTS spans_rollup (\n    feature TEXT NOT NULL,\n"
+        f"    slot INTEGER NOT NULL,\n    {cols},\n    PRIMARY KEY (feature, slot)\n"
+        ") WITHOUT ROWID",
+        # Backfill a store created before the rollup existed; a no-op once it holds rows.
+        f"INSERT INTO spans_rollup (feature, slot, {', '.join(ROLLUP_FIELDS)}) "
+        f"SELECT {_ROLLUP_KEY.format(r='spans')}, {sums} FROM spans "
+        "WHERE NOT EXISTS (SELECT 1 FROM spans_rollup) GROUP BY 1, 2",
+        "CREATE TRIGGER IF NOT EXISTS tr_spans_rollup_insert AFTER INSERT ON spans BEGIN "
+        + _rollup_upsert("NEW", "+") + " END",
+        "CREATE TRIGGER IF NOT EXISTS tr_spans_rollup_update AFTER UPDATE ON spans BEGIN "
+        + _rollup_upsert("OLD", "-") + " " + _rollup_upsert("NEW", "+") + " END",
+        "CREATE TRIGGER IF NOT EXISTS tr_spans_rollup_delete AFTER DELETE ON spans BEGIN "
+        + _rollup_upsert("OLD", "-") + " END",
+    ]
+
+
+#: Partial covering indexes behind ``vigil report`` (SQLite only; named ``rx_`` so
+#: they are not mistaken for the ``ix_`` indexes both stores share): each answers
+#: one report query from the index alone, without reading the records' data.
+REPORT_INDEXES: tuple[tuple[str, str, str, str], ...] = (
+    # name, table, columns, condition
+    ("rx_spans_roots", "spans", "feature, start_ns, end_ns", "parent_id IS NULL"),
+    ("rx_spans_ttft", "spans", "feature, start_ns, ttft_s, end_ns", "ttft_s IS NOT NULL"),
+    ("rx_spans_user_cost", "spans", "user_id, start_ns, cost_usd", "cost_usd IS NOT NULL"),
+    ("rx_spans_session_turns", "spans", "session_id, start_ns, end_ns, feature",
+     "session_id IS NOT NULL AND parent_id IS NULL"),
+    ("rx_session_events_time", "session_events", "time_ns, session_id, event, feature", ""),
+)
+
+#: The statements that add the report structures to a store; each is idempotent.
+REPORT_STATEMENTS: tuple[str, ...] = (
+    *(
+        f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})"
+        + (f" WHERE {where}" if where else "")
+        for name, table, columns, where in REPORT_INDEXES
+    ),
+    *_rollup_statements(),
+)
+
 #: Every DDL statement of the schema, in order; each is idempotent.
-SCHEMA_STATEMENTS: tuple[str, ...] = tuple(stmt for spec in TABLES.values() for stmt in spec.ddl())
+SCHEMA_STATEMENTS: tuple[str, ...] = (
+    *(stmt for spec in TABLES.values() for stmt in spec.ddl()),
+    *REPORT_STATEMENTS,
+)
 
 
 # ---------------------------------------------------------------------------

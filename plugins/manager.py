@@ -45,6 +45,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "llmvigil.adapters.phoenix",
     "llmvigil.adapters.postgres",
     "llmvigil.core.alerts",
+    "llmvigil.core.migrate.files",
 )
 
 

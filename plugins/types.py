@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from ..core.migrate import Skipped
     from ..core.model import Alert, Record
 
 __all__ = [
@@ -77,10 +78,18 @@ class AdapterInfo:
 
 
 class Importer(Protocol):
-    """Reads a vendor's history back as canonical records."""
+    """Reads a vendor's history back as canonical records.
 
-    def read(self, options: Mapping[str, Any]) -> Iterator[Record]:
-        """Yield records (spans first within a trace) matching ``options``."""
+    The contract (details in docs/migration.md, "Writing an importer"): ``options``
+    holds ``since_ns``, ``until_ns``, ``project``, ``limit``, ``kinds`` and ``after``;
+    each record kind is yielded in (time, id) order; a record that cannot be mapped is
+    yielded as :class:`llmvigil.core.migrate.Skipped` (with the reason and record id)
+    instead of raising. An importer may also offer ``estimate(options) -> int | None``
+    for progress bars.
+    """
+
+    def read(self, options: Mapping[str, Any]) -> Iterator[Record | Skipped]:
+        """Yield records (and skipped-record notices) matching ``options``."""
         ...
 
 

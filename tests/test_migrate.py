@@ -433,3 +433,39 @@ def test_local_importer_resume_point_and_window(tmp_path: Path) -> None:
     window = list(imp.read({"since_ns": spans[3].start_ns, "until_ns": spans[8].start_ns,
                             "kinds": ["spans"]}))
     assert window == [s for s in spans if spans[3].start_ns <= s.start_ns < spans[8].start_ns]
+
+
+# -- settings from the config file ------------------------------------------------------------
+
+
+def test_backends_and_settings_come_from_the_config_entries(tmp_path: Path) -> None:
+    from llmvigil.adapters.memory import get_memory_backend
+
+    history = make_history(12)
+    write_store(tmp_path / "app.db", history)
+    config = tmp_path / "vigil.yaml"
+    config.write_text(
+        f"store: {{path: {tmp_path / 'app.db'}}}\n"
+        "backends:\n"
+        "  - local\n"
+        f"  - {{name: local, instance: archive, path: {tmp_path / 'archive.db'},"
+        " redaction: full}\n"
+        "  - {name: memory, instance: cfg-import, redaction: full}\n")
+    moved = cli("migrate", "--from", "local", "--to", "local:archive", "-c", str(config),
+                "--kinds", "spans,scores")
+    assert moved.exit_code == 0, moved.output
+    assert by_id(stored(tmp_path / "archive.db")) == by_id(
+        [r for r in history if isinstance(r, (Span, Score))])
+
+    exported = cli("export", "-c", str(config), "-o", str(tmp_path / "h.jsonl"))
+    assert exported.exit_code == 0, exported.output
+    imported = cli("import", str(tmp_path / "h.jsonl"), "-c", str(config), "--json",
+                   "--to", "memory:cfg-import", "--to", "local:archive")
+    assert imported.exit_code == 0, imported.output
+    report = json.loads(imported.stdout)
+    assert [d["name"] for d in report["destinations"]] == ["memory:cfg-import",
+                                                           "local:archive"]
+    memory = get_memory_backend("cfg-import")
+    assert by_id(memory.spans + memory.scores) == by_id(
+        [r for r in history if isinstance(r, (Span, Score))])
+    assert by_id(stored(tmp_path / "archive.db")) == by_id(history)

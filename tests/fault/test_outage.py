@@ -16,6 +16,7 @@ would take minutes on a 2-core machine.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from array import array
@@ -27,8 +28,8 @@ import pytest
 
 pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="needs llmvigil[otlp]")
 
-from fault.fault_servers import MODES, FaultyCollector, rss_bytes, wait_until  # noqa: E402
-from llmvigil.core.runtime import get_runtime  # noqa: E402
+from fault.fault_servers import MODES, FaultyCollector, rss_bytes, wait_until
+from llmvigil.core.runtime import get_runtime
 
 N = 100_000
 OUTAGE_START = 20_000
@@ -125,8 +126,8 @@ def test_outages_lose_nothing_keep_calls_fast_and_memory_bounded(tmp_path: Path)
         server.stop()
 
     # Every kind of failure really hit the outbox (retries, failed exports or journal).
-    hits = dict(zip(MODES, (failures[m] - failures[p] for p, m in
-                            zip(("before", *MODES), MODES))))
+    hits = {now: failures[now] - failures[prev]
+            for prev, now in itertools.pairwise(("before", *MODES))}
     assert all(n > 0 for n in hits.values()), hits
     # Zero spans lost: every one reached the receiver after recovery, none was dropped.
     assert server.distinct() == N

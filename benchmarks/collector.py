@@ -18,7 +18,10 @@ prints the two-collector / one-collector ratio.
     python benchmarks/collector.py [--spans 40000] [--batch 500]
 
 Senders and collectors share the machine's cores, so the ratio is bounded by what
-the machine has left, not only by the collectors.
+the machine has left, not only by the collectors. The last column, the collectors'
+CPU time (user + system) per stored span, does not depend on that: one core
+sustains about 1e6 / that many spans per second, and collectors share nothing but
+the store, so they scale with the cores given to them.
 """
 
 from __future__ import annotations
@@ -180,6 +183,16 @@ class Store:
                 conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux ``/proc``), else ``None``."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_once(store: Store, payloads: list[Path], collectors: int,
              total_spans: int) -> dict[str, float]:
     """One measurement: ``collectors`` collector processes, one sender each."""
@@ -202,6 +215,7 @@ def run_once(store: Store, payloads: list[Path], collectors: int,
             line = proc.stdout.readline() if proc.stdout else ""
             if "listening" not in line:
                 raise SystemExit(f"collector did not start: {line}{proc.communicate()}")
+        cpu_before = [cpu_seconds(p.pid) for p in procs]
         senders = []
         for n, port in enumerate(ports):
             share = [str(p) for p in payloads[n::collectors]]
@@ -226,15 +240,20 @@ def run_once(store: Store, payloads: list[Path], collectors: int,
                 raise SystemExit(f"only {store.count()} of {total_spans} spans stored")
             time.sleep(0.05)
         stored_s = time.perf_counter() - start
+        cpu_after = [cpu_seconds(p.pid) for p in procs]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.communicate(timeout=60)
+    used = [a - b for a, b in zip(cpu_after, cpu_before, strict=True)
+            if a is not None and b is not None]
+    cpu_us = 1e6 * sum(used) / total_spans if len(used) == collectors else float("nan")
     return {"collectors": collectors, "spans": total_spans,
             "accepted_per_s": total_spans / accepted_s,
-            "stored_per_s": total_spans / stored_s, "retries_503": retries}
+            "stored_per_s": total_spans / stored_s, "retries_503": retries,
+            "collector_cpu_us_per_span": cpu_us}
 
 
 def main() -> None:
@@ -266,7 +285,7 @@ def main() -> None:
         size = sum(p.stat().st_size for p in payloads) / len(payloads) / 1e3
         print(f"{len(payloads)} requests of {size:.0f} kB (protobuf, uncompressed)\n")
         print(f"{'store':10} {'collectors':>10} {'accepted/s':>12} {'stored/s':>10} "
-              f"{'503s':>6}")
+              f"{'503s':>6} {'CPU us/span':>12}")
         for kind in stores:
             results = []
             for collectors in (1, 2):
@@ -279,7 +298,8 @@ def main() -> None:
                     store.drop()
                 results.append(r)
                 print(f"{kind:10} {collectors:>10} {r['accepted_per_s']:>12,.0f} "
-                      f"{r['stored_per_s']:>10,.0f} {r['retries_503']:>6}", flush=True)
+                      f"{r['stored_per_s']:>10,.0f} {r['retries_503']:>6} "
+                      f"{r['collector_cpu_us_per_span']:>12,.0f}", flush=True)
             one, two = results
             accepted = two["accepted_per_s"] / one["accepted_per_s"]
             stored = two["stored_per_s"] / one["stored_per_s"]

@@ -285,8 +285,11 @@ def _mount_subcommands() -> None:
     from .cli_canary import register as register_canary
     from .cli_migrate import app as migrate_app
 
+    from .cli_serve import serve
+
     register_canary(app)
     app.add_typer(migrate_app)  # export, import, migrate, compare
+    app.command("serve")(serve)
 
 
 _mount_subcommands()

@@ -254,6 +254,8 @@ class VigilConfig(_Section):
     store: StoreConfig = StoreConfig()
     monitors: dict[str, Any] = {}
     alerts: dict[str, Any] = {}
+    #: Shared fleet state: a ``redis://`` URL or a mapping (see docs/scaling-out.md).
+    state: str | dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod

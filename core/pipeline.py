@@ -261,6 +261,10 @@ class Pipeline:
             self._last_status = now
             self.write_status()
 
+    def queued(self) -> int:
+        """Records waiting in the hot-path queue."""
+        return len(self._queue)
+
     # -- control ------------------------------------------------------------------------
 
     def flush(self, timeout_s: float = 10.0) -> bool:

@@ -32,6 +32,11 @@ from .errors import VigilError
 __all__ = [
     "DEFAULT_STORE_PATH",
     "NONE_FEATURE",
+    "REPORT_INDEXES",
+    "REPORT_STATEMENTS",
+    "ROLLUP_CATCH_UP",
+    "ROLLUP_FIELDS",
+    "ROLLUP_SLOT_NS",
     "SCHEMA_STATEMENTS",
     "SCHEMA_VERSION",
     "TABLES",
@@ -40,6 +45,7 @@ __all__ = [
     "parse_since",
     "record_counts",
     "report",
+    "roll_up_spans",
 ]
 
 #: ``PRAGMA user_version`` of the schema below; bump it with a migration step.
@@ -212,37 +218,66 @@ ROLLUP_FIELDS: tuple[str, ...] = tuple(name for name, _, _ in ROLLUP_COLUMNS)
 
 # The rollup keys spans without a feature as '' (a NULL key would never conflict).
 _ROLLUP_KEY = "IFNULL({r}.feature, ''), {r}.start_ns / " + str(ROLLUP_SLOT_NS)
+_ROLLUP_UPDATES = ", ".join(f"{n} = {n} + excluded.{n}" for n in ROLLUP_FIELDS)
+_WATERMARK = "(SELECT last_rowid FROM spans_rollup_state)"
 
 
-def _rollup_upsert(row: str, sign: str) -> str:
-    names = ", ".join(ROLLUP_FIELDS)
+def _rollup_row(row: str, sign: str) -> str:
+    """The upsert adding (``+``) or taking back (``-``) one span row of a trigger."""
     values = ", ".join(f"{sign}({expr.format(r=row)})" for _, _, expr in ROLLUP_COLUMNS)
-    updates = ", ".join(f"{n} = {n} + excluded.{n}" for n in ROLLUP_FIELDS)
     return (
-        f"INSERT INTO spans_rollup (feature, slot, {names}) "
+        f"INSERT INTO spans_rollup (feature, slot, {', '.join(ROLLUP_FIELDS)}) "
         f"VALUES ({_ROLLUP_KEY.format(r=row)}, {values}) "
-        f"ON CONFLICT (feature, slot) DO UPDATE SET {updates};"
+        f"ON CONFLICT (feature, slot) DO UPDATE SET {_ROLLUP_UPDATES};"
     )
+
+
+#: Rolls the spans not yet in ``spans_rollup`` (rowid above the watermark) into it
+#: and moves the watermark; see :func:`roll_up_spans`.
+ROLLUP_CATCH_UP: tuple[str, ...] = (
+    f"INSERT INTO spans_rollup (feature, slot, {', '.join(ROLLUP_FIELDS)}) "
+    f"SELECT {_ROLLUP_KEY.format(r='spans')}, "
+    + ", ".join(f"SUM({expr.format(r='spans')})" for _, _, expr in ROLLUP_COLUMNS)
+    + f" FROM spans WHERE rowid > {_WATERMARK} GROUP BY 1, 2 "
+    f"ON CONFLICT (feature, slot) DO UPDATE SET {_ROLLUP_UPDATES}",
+    "UPDATE spans_rollup_state SET last_rowid = "
+    "MAX(last_rowid, (SELECT IFNULL(MAX(rowid), 0) FROM spans))",
+)
 
 
 def _rollup_statements() -> list[str]:
     cols = ",\n    ".join(f"{n} {t} NOT NULL DEFAULT 0" for n, t, _ in ROLLUP_COLUMNS)
-    sums = ", ".join(f"SUM({expr.format(r='spans')})" for _, _, expr in ROLLUP_COLUMNS)
+    rolled = f"WHEN OLD.rowid <= {_WATERMARK}"
     return [
         "CREATE TABLE IF NOT EXISTS spans_rollup (\n    feature TEXT NOT NULL,\n"
         f"    slot INTEGER NOT NULL,\n    {cols},\n    PRIMARY KEY (feature, slot)\n"
         ") WITHOUT ROWID",
-        # Backfill a store created before the rollup existed; a no-op once it holds rows.
-        f"INSERT INTO spans_rollup (feature, slot, {', '.join(ROLLUP_FIELDS)}) "
-        f"SELECT {_ROLLUP_KEY.format(r='spans')}, {sums} FROM spans "
-        "WHERE NOT EXISTS (SELECT 1 FROM spans_rollup) GROUP BY 1, 2",
-        "CREATE TRIGGER IF NOT EXISTS tr_spans_rollup_insert AFTER INSERT ON spans BEGIN "
-        + _rollup_upsert("NEW", "+") + " END",
-        "CREATE TRIGGER IF NOT EXISTS tr_spans_rollup_update AFTER UPDATE ON spans BEGIN "
-        + _rollup_upsert("OLD", "-") + " " + _rollup_upsert("NEW", "+") + " END",
-        "CREATE TRIGGER IF NOT EXISTS tr_spans_rollup_delete AFTER DELETE ON spans BEGIN "
-        + _rollup_upsert("OLD", "-") + " END",
+        "CREATE TABLE IF NOT EXISTS spans_rollup_state (\n"
+        "    id INTEGER PRIMARY KEY CHECK (id = 0),\n    last_rowid INTEGER NOT NULL\n)",
+        "INSERT OR IGNORE INTO spans_rollup_state (id, last_rowid) VALUES (0, 0)",
+        # Inserts are rolled up per batch (ROLLUP_CATCH_UP); a span already rolled up
+        # that is replaced (a re-delivered record) or deleted is corrected row by row.
+        f"CREATE TRIGGER IF NOT EXISTS tr_spans_rollup_update AFTER UPDATE ON spans {rolled} "
+        f"BEGIN {_rollup_row('OLD', '-')} {_rollup_row('NEW', '+')} END",
+        f"CREATE TRIGGER IF NOT EXISTS tr_spans_rollup_delete AFTER DELETE ON spans {rolled} "
+        f"BEGIN {_rollup_row('OLD', '-')} "
+        # SQLite may hand the largest deleted rowid to the next insert: keep it above
+        # the watermark so that row is rolled up.
+        "UPDATE spans_rollup_state SET last_rowid = "
+        "MIN(last_rowid, (SELECT IFNULL(MAX(rowid), 0) FROM spans)); END",
+        *ROLLUP_CATCH_UP,
     ]
+
+
+def roll_up_spans(conn: sqlite3.Connection) -> None:
+    """Add the spans written since the last call to ``spans_rollup``.
+
+    Call it inside the transaction that wrote the spans (after the upserts), so the
+    rollup never lags the committed spans; a report adds any span not rolled up yet
+    from the spans table itself, so the figures are right either way, only slower.
+    """
+    for statement in ROLLUP_CATCH_UP:
+        conn.execute(statement)
 
 
 #: Partial covering indexes behind ``vigil report`` (SQLite only; named ``rx_`` so

@@ -46,6 +46,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "llmvigil.adapters.postgres",
     "llmvigil.core.alerts",
     "llmvigil.core.migrate.files",
+    "llmvigil.plugins.embedders",
 )
 
 

@@ -10,11 +10,21 @@
   ``API``/``ANNOTATION``, environment pattern, timestamp with offset); invalid items are
   rejected with HTTP 207 like the real batch endpoint.
 * ``GET /api/public/projects``: the project of the key.
+* reads, answered from what was accepted (the last version of each span and score):
+  ``GET /api/public/v2/observations`` (field groups, ``fromStartTime``/``toStartTime``,
+  ``traceId``, ``type``, ``userId``, ``sessionId``, ``limit`` <= 1000, cursors; newest
+  first; metadata values decoded, those longer than 200 characters truncated unless
+  named in ``expandMetadata``; trace tags on every observation of the trace) and
+  ``GET /api/public/v3/scores`` (``fields`` ``details``/``subject``,
+  ``fromTimestamp``/``toTimestamp``, ``limit`` <= 100, cursors; newest first). Times
+  come back in microseconds, as Langfuse stores them. Tests may add raw (even
+  malformed) items to :attr:`extra_observations` and :attr:`extra_scores`.
 
 ``mode`` switches failures: ``"ok"``, ``"500"``, ``"429"`` (with ``Retry-After``),
 ``"400"``, ``"207"`` (every score rejected), ``"hang"`` (accept, read, never answer
 until released); :meth:`refuse` makes the port refuse connections and :meth:`accept`
-brings the server back on the same port.
+brings the server back on the same port; :meth:`fail_next` fails only some requests to
+one path (e.g. the third page of a listing).
 """
 
 from __future__ import annotations
@@ -27,8 +37,10 @@ import re
 import socket
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from langfuse.api import CreateScoreRequest
 from langfuse.api.core.pydantic_utilities import parse_obj_as
@@ -40,6 +52,29 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 OTEL_PATH = "/api/public/otel/v1/traces"
 SCORES_PATH = "/api/public/scores"
 PROJECTS_PATH = "/api/public/projects"
+OBSERVATIONS_V2_PATH = "/api/public/v2/observations"
+SCORES_V3_PATH = "/api/public/v3/scores"
+PROJECT_ID = "proj-test"
+OBSERVATION_GROUPS = frozenset((
+    "core", "basic", "time", "io", "metadata", "model", "usage", "prompt", "metrics",
+    "trace_context",
+))
+_GROUP_FIELDS = {
+    "core": ("id", "traceId", "startTime", "endTime", "projectId", "parentObservationId",
+             "type"),
+    "basic": ("name", "level", "statusMessage", "version", "environment", "bookmarked",
+              "public", "userId", "sessionId", "isRootObservation"),
+    "time": ("completionStartTime", "createdAt", "updatedAt"),
+    "io": ("input", "output"),
+    "metadata": ("metadata",),
+    "model": ("model", "internalModelId", "modelParameters"),
+    "usage": ("usageDetails", "costDetails", "totalCost", "usagePricingTierName"),
+    "prompt": ("promptId", "promptName", "promptVersion"),
+    "metrics": ("latency", "timeToFirstToken"),
+    "trace_context": ("tags", "release", "traceName"),
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_A = "langfuse.observation."
 SCORE_FIELDS = frozenset((
     "id", "traceId", "sessionId", "observationId", "datasetRunId", "name", "value",
     "comment", "metadata", "environment", "queueId", "dataType", "configId", "source",
@@ -94,6 +129,72 @@ def any_value(value: Any) -> Any:
 
 def _attrs(key_values: Any) -> dict[str, Any]:
     return {kv.key: any_value(kv.value) for kv in key_values}
+
+
+def _iso_ns(ns: int) -> str:
+    """Epoch ns as Langfuse shows a time: UTC, microseconds."""
+    return (_EPOCH + timedelta(microseconds=ns // 1000)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _decode(value: Any) -> Any:
+    """A JSON-encoded attribute value decoded, as Langfuse does for v5 SDKs."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def observation_of(span: ReceivedSpan, trace_tags: list[str]) -> dict[str, Any]:
+    """What Langfuse makes of one OTLP span: the v2 API's observation, every field group."""
+    a = span.attributes
+    res = span.resource_attributes
+    usage = _decode(a.get(_A + "usage_details"))
+    costs = _decode(a.get(_A + "cost_details"))
+    metadata = {k[len(_A + "metadata."):]: _decode(v) for k, v in a.items()
+                if k.startswith(_A + "metadata.")}
+    completion = _decode(a.get(_A + "completion_start_time"))
+    start = _iso_ns(span.start_ns)
+    first = _parse_time(completion) if completion else None
+    level = a.get(_A + "level") or ("ERROR" if span.status_code == 2 else "DEFAULT")
+    return {
+        "id": span.span_id, "traceId": span.trace_id, "startTime": start,
+        "endTime": _iso_ns(span.end_ns) if span.end_ns else None, "projectId": PROJECT_ID,
+        "parentObservationId": span.parent_span_id or None,
+        "type": str(a.get(_A + "type") or "span").upper(),
+        "name": span.name, "level": level,
+        "statusMessage": a.get(_A + "status_message") or span.status_message or None,
+        "version": a.get("langfuse.version"),
+        "environment": a.get("langfuse.environment") or res.get("langfuse.environment")
+        or "default",
+        "bookmarked": False, "public": False, "userId": a.get("user.id"),
+        "sessionId": a.get("session.id"),
+        "isRootObservation": not span.parent_span_id
+        or bool(a.get("langfuse.internal.is_app_root")),
+        "completionStartTime": first.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if first else None,
+        "createdAt": start, "updatedAt": start,
+        "input": a.get(_A + "input"), "output": a.get(_A + "output"),
+        "metadata": metadata, "model": a.get(_A + "model.name"), "internalModelId": None,
+        "modelParameters": _decode(a.get(_A + "model.parameters")),
+        "usageDetails": usage if isinstance(usage, dict) else {},
+        "costDetails": costs if isinstance(costs, dict) else {},
+        "totalCost": costs.get("total") if isinstance(costs, dict) else None,
+        "usagePricingTierName": None, "promptId": None, "promptName": None,
+        "promptVersion": None, "latency": (span.end_ns - span.start_ns) / 1e9,
+        "timeToFirstToken": (first - _EPOCH).total_seconds() - span.start_ns / 1e9
+        if first else None,
+        "tags": trace_tags, "release": a.get("langfuse.release") or res.get("langfuse.release"),
+        "traceName": a.get("langfuse.trace.name"),
+    }
 
 
 def validate_score(item: Any) -> str | None:
@@ -159,6 +260,9 @@ class LangfuseServer:
         self.scores: list[dict[str, Any]] = []
         self.attempts: list[Attempt] = []
         self.requests: list[ExportTraceServiceRequest] = []
+        self.extra_observations: list[dict[str, Any]] = []
+        self.extra_scores: list[dict[str, Any]] = []
+        self._faults: list[list[Any]] = []
         self._release = threading.Event()
         self._placeholder: socket.socket | None = None
         self._httpd: _HTTPServer | None = None
@@ -184,6 +288,24 @@ class LangfuseServer:
             if mode != "hang":
                 self._release.set()
                 self._release = threading.Event()
+
+    def fail_next(self, path: str, status: int = 500, *, skip: int = 0, times: int = 1) -> None:
+        """Let ``skip`` requests to ``path`` through, then answer the next ``times`` with
+        ``status``."""
+        with self.lock:
+            self._faults.append([path, status, skip, times])
+
+    def _fault(self, path: str) -> int | None:
+        with self.lock:
+            for fault in self._faults:
+                if fault[0] != path or fault[3] <= 0:
+                    continue
+                if fault[2] > 0:
+                    fault[2] -= 1
+                    return None
+                fault[3] -= 1
+                return int(fault[1])
+        return None
 
     def refuse(self) -> None:
         """Stop listening; the port stays bound (never listening) so connects are refused."""
@@ -261,8 +383,25 @@ class LangfuseServer:
             extra = {"Retry-After": "1"} if mode == "429" else {}
             self._reply_json(h, attempt, int(mode), {"message": f"test mode {mode}"}, extra)
             return
+        split = urlsplit(h.path)
+        fault = self._fault(split.path)
+        if fault is not None:
+            self._reply_json(h, attempt, fault, {"message": f"injected failure {fault}"})
+            return
         if not self._authorized(h):
             self._reply_json(h, attempt, 401, {"message": "Invalid credentials"})
+            return
+        if method == "GET" and split.path in (OBSERVATIONS_V2_PATH, SCORES_V3_PATH):
+            try:
+                query = parse_qs(split.query)
+                if split.path == OBSERVATIONS_V2_PATH:
+                    payload = self._observations(query)
+                else:
+                    payload = self._scores_v3(query)
+            except ValueError as exc:
+                self._reply_json(h, attempt, 400, {"message": str(exc)})
+                return
+            self._reply_json(h, attempt, 200, payload)
             return
         if method == "POST" and h.path == OTEL_PATH:
             self._traces(h, attempt, body)
@@ -346,6 +485,128 @@ class LangfuseServer:
                                                "errors": [{"message": e} for e in errors]})
         else:
             self._reply_json(h, attempt, 202, {"message": "Accepted"})
+
+    # -- reads ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _page(items: list[dict[str, Any]], query: dict[str, list[str]], time_key: str,
+              ids: tuple[str, ...], max_limit: int, default_limit: int) -> dict[str, Any]:
+        """Newest first by ``(time, *ids)``, ``limit`` items after the cursor's key."""
+        limit = int(query.get("limit", [str(default_limit)])[0])
+        if not 1 <= limit <= max_limit:
+            raise ValueError(f"limit must be between 1 and {max_limit}")
+
+        def key(item: dict[str, Any]) -> tuple[str, ...]:
+            when = _parse_time(item.get(time_key))
+            stamp = when.strftime("%Y%m%d%H%M%S%f") if when else ""
+            return (stamp, *(str(item.get(k) or "") for k in ids))
+
+        ordered = sorted(items, key=key, reverse=True)
+        if query.get("cursor"):
+            try:
+                last = tuple(json.loads(base64.urlsafe_b64decode(query["cursor"][0])))
+            except (ValueError, TypeError):
+                raise ValueError("invalid cursor") from None
+            ordered = [i for i in ordered if key(i) < last]
+        page = ordered[:limit]
+        meta: dict[str, Any] = {"limit": limit}
+        if len(ordered) > limit:
+            meta["cursor"] = base64.urlsafe_b64encode(
+                json.dumps(list(key(page[-1]))).encode()).decode()
+        return {"data": page, "meta": meta}
+
+    @staticmethod
+    def _window(items: list[dict[str, Any]], query: dict[str, list[str]], time_key: str,
+                from_param: str, to_param: str) -> list[dict[str, Any]]:
+        low = _parse_time(query[from_param][0]) if from_param in query else None
+        high = _parse_time(query[to_param][0]) if to_param in query else None
+        if (from_param in query and low is None) or (to_param in query and high is None):
+            raise ValueError(f"{from_param}/{to_param} must be ISO 8601 times")
+        out = []
+        for item in items:
+            when = _parse_time(item.get(time_key))
+            if when is not None and ((low is not None and when < low)
+                                     or (high is not None and when >= high)):
+                continue
+            out.append(item)
+        return out
+
+    def _observations(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        groups = (query.get("fields", ["core,basic"])[0]).split(",")
+        unknown = set(groups) - OBSERVATION_GROUPS
+        if unknown:
+            raise ValueError(f"unknown field groups {sorted(unknown)}")
+        if query.get("parseIoAsJson", ["false"])[0] == "true":
+            raise ValueError("parseIoAsJson is deprecated")
+        expand = set((query.get("expandMetadata", [""])[0]).split(","))
+        with self.lock:
+            latest = {s.span_id: s for s in self.spans}
+            extra = [dict(o) for o in self.extra_observations]
+        tags: dict[str, list[str]] = {}
+        for span in latest.values():
+            for tag in span.attributes.get("langfuse.trace.tags") or ():
+                if tag not in tags.setdefault(span.trace_id, []):
+                    tags[span.trace_id].append(tag)
+        items = [observation_of(s, tags.get(s.trace_id, [])) for s in latest.values()]
+        items += extra
+        items = self._window(items, query, "startTime", "fromStartTime", "toStartTime")
+        for param, field_name in (("traceId", "traceId"), ("type", "type"),
+                                  ("userId", "userId"), ("sessionId", "sessionId")):
+            if param in query:
+                items = [i for i in items if i.get(field_name) == query[param][0]]
+        page = self._page(items, query, "startTime", ("traceId", "id"), 1000, 50)
+        keep = {f for g in {"core", *groups} for f in _GROUP_FIELDS[g]}
+        views = []
+        for item in page["data"]:
+            view = {k: v for k, v in item.items() if k in keep}
+            if isinstance(view.get("metadata"), dict):
+                view["metadata"] = {
+                    k: v if k in expand or len(json.dumps(v)) <= 200 else json.dumps(v)[:200]
+                    for k, v in view["metadata"].items()}
+            views.append(view)
+        return {"data": views, "meta": page["meta"]}
+
+    def _score_view(self, item: dict[str, Any]) -> dict[str, Any]:
+        when = _parse_time(item.get("timestamp"))
+        stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if when else item.get("timestamp")
+        data_type = item.get("dataType", "NUMERIC")
+        value = item.get("value")
+        if data_type == "BOOLEAN":
+            value = bool(value)
+        if item.get("observationId"):
+            subject = {"kind": "observation", "id": item["observationId"],
+                       "traceId": item.get("traceId")}
+        elif item.get("traceId"):
+            subject = {"kind": "trace", "id": item["traceId"]}
+        elif item.get("sessionId"):
+            subject = {"kind": "session", "id": item["sessionId"]}
+        else:
+            subject = {"kind": "experiment", "id": item.get("datasetRunId")}
+        return {"id": item.get("id"), "projectId": PROJECT_ID, "name": item.get("name"),
+                "value": value, "dataType": data_type, "source": item.get("source", "API"),
+                "timestamp": stamp, "environment": item.get("environment") or "default",
+                "createdAt": stamp, "updatedAt": stamp, "comment": item.get("comment"),
+                "configId": item.get("configId"), "metadata": item.get("metadata"),
+                "subject": subject}
+
+    def _scores_v3(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        groups = [g for g in query.get("fields", [""])[0].split(",") if g]
+        unknown = set(groups) - {"details", "subject", "annotation"}
+        if unknown:
+            raise ValueError(f"unknown field groups {sorted(unknown)}")
+        with self.lock:
+            latest = {s["id"]: s for s in self.scores}
+            extra = [dict(s) for s in self.extra_scores]
+        items = [self._score_view(s) for s in latest.values()] + extra
+        items = self._window(items, query, "timestamp", "fromTimestamp", "toTimestamp")
+        page = self._page(items, query, "timestamp", ("id",), 100, 50)
+        drop = set()
+        if "details" not in groups:
+            drop |= {"comment", "configId", "metadata"}
+        if "subject" not in groups:
+            drop.add("subject")
+        page["data"] = [{k: v for k, v in i.items() if k not in drop} for i in page["data"]]
+        return page
 
     @staticmethod
     def _reply_json(h: _Handler, attempt: Attempt, status: int, payload: Any,

@@ -7,8 +7,15 @@
   and ``attachment.<run_id>.<name>``, each with ``Content-Type`` and ``Content-Length``
   (or a ``length`` parameter) and no per-part encoding, as the API reference documents;
 * ``POST /runs/batch``: ``{"post": [...], "patch": [...]}`` JSON;
-* ``POST /feedback``, ``GET /sessions`` (``name``, ``limit``), ``POST /sessions``,
-  ``GET /info``.
+* ``POST /feedback``, ``GET /sessions`` (``name``, ``limit``, ``include_stats``),
+  ``POST /sessions``, ``GET /info``;
+* reads, answered from what was ingested: ``POST /runs/query`` (``session``,
+  ``start_time``, a ``filter`` of ``lt``/``lte``/``gt``/``gte`` on ``start_time``,
+  ``order``, ``limit`` <= 100, ``select``, opaque ``cursor`` -> ``{"runs", "cursors"}``),
+  and ``GET /feedback`` (``run``, ``session``, ``key``, ``min_created_at``,
+  ``max_created_at``, ``limit`` <= 100, ``offset``; newest first). Runs come back as the
+  API shows them: naive UTC times, ``session_id``, ``status``, and the token and cost
+  columns LangSmith derives from ``usage_metadata``.
 
 Every run is checked field by field against the documented run schema (the SDK's own
 ``langsmith.schemas.Run`` for types, plus the ingest rules: known fields, ``run_type``
@@ -21,10 +28,14 @@ Invalid payloads get a 422 and their reason is kept in :attr:`LangSmithServer.in
 The server can be switched to refuse connections (:meth:`refuse`), answer every request
 with an error (:meth:`fail`, e.g. 500, or 429 with ``Retry-After``) or accept and never
 answer (:meth:`hang`); :meth:`recover` brings it back on the same port.
+:meth:`fail_next` fails only some requests to one endpoint (e.g. the third page of a
+query). Tests may put raw (even malformed) runs and feedback in :attr:`runs` and
+:attr:`feedback` to see how a reader copes.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import re
@@ -266,6 +277,7 @@ class LangSmithServer:
         self.projects: dict[str, dict[str, Any]] = {}
         self.tenant_id = str(uuid.uuid4())
         self._mode: tuple[str, int, float | None] = ("ok", 0, None)
+        self._faults: list[list[Any]] = []
         self._release = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self.port = 0
@@ -299,6 +311,25 @@ class LangSmithServer:
     def fail(self, status: int, retry_after: float | None = None) -> None:
         """Answer every request with ``status`` (and ``Retry-After`` if given)."""
         self._mode = ("fail", status, retry_after)
+
+    def fail_next(self, method: str, path: str, status: int = 500, *, skip: int = 0,
+                  times: int = 1) -> None:
+        """Let ``skip`` requests to ``method path`` through, then answer the next ``times``
+        with ``status``."""
+        with self.lock:
+            self._faults.append([method, path, status, skip, times])
+
+    def _fault(self, method: str, path: str) -> int | None:
+        with self.lock:
+            for fault in self._faults:
+                if (fault[0], fault[1]) != (method, path) or fault[4] <= 0:
+                    continue
+                if fault[3] > 0:
+                    fault[3] -= 1
+                    return None
+                fault[4] -= 1
+                return int(fault[2])
+        return None
 
     def hang(self) -> None:
         """Read every request, then never answer it (until :meth:`recover` or close)."""
@@ -454,7 +485,132 @@ class LangSmithServer:
         found = list(self.projects.values())
         if "name" in query:
             found = [p for p in found if p["name"] == query["name"][0]]
+        if query.get("include_stats", ["false"])[0].lower() == "true":
+            found = [dict(p, **self._stats(p)) for p in found]
         return found[:limit]
+
+    def _stats(self, project: dict[str, Any]) -> dict[str, Any]:
+        runs = [r for r in self.runs.values() if self._run_project(r) == project["id"]]
+        keys: dict[str, int] = {}
+        for fb in self.feedback.values():
+            if str(fb.get("session_id")) == project["id"]:
+                keys[fb.get("key", "")] = keys.get(fb.get("key", ""), 0) + 1
+        return {"run_count": len(runs),
+                "feedback_stats": {k: {"n": n} for k, n in keys.items()}}
+
+    # -- reads ------------------------------------------------------------------------
+
+    def _run_project(self, run: dict[str, Any]) -> str | None:
+        if run.get("session_id"):
+            return str(run["session_id"])
+        project = self.projects.get(str(run.get("session_name", "")))
+        return project["id"] if project else None
+
+    @staticmethod
+    def _sort_time(value: Any) -> datetime:
+        try:
+            return _time(value, "time")
+        except Invalid:
+            return datetime.min.replace(tzinfo=timezone.utc)
+
+    @staticmethod
+    def _api_time(value: Any) -> Any:
+        """A time as the API shows it: naive UTC ISO 8601 with microseconds."""
+        try:
+            return _time(value, "time").astimezone(timezone.utc).replace(
+                tzinfo=None).isoformat(timespec="microseconds")
+        except Invalid:
+            return value  # a malformed run put here by a test stays malformed
+
+    def _run_view(self, run: dict[str, Any]) -> dict[str, Any]:
+        view = dict(run)
+        view.pop("session_name", None)
+        for key in ("start_time", "end_time"):
+            if view.get(key) is not None:
+                view[key] = self._api_time(view[key])
+        view["session_id"] = self._run_project(run)
+        view["status"] = "error" if run.get("error") else (
+            "success" if run.get("end_time") else "pending")
+        extra = run.get("extra")
+        usage = (extra.get("metadata") or {}).get("usage_metadata") if isinstance(
+            extra, dict) else None
+        if isinstance(usage, dict):
+            view["prompt_tokens"] = usage.get("input_tokens")
+            view["completion_tokens"] = usage.get("output_tokens")
+            view["total_tokens"] = usage.get("total_tokens")
+            view["total_cost"] = usage.get("total_cost")
+        for event in run.get("events") or ():
+            if isinstance(event, dict) and event.get("name") == "new_token":
+                view["first_token_time"] = self._api_time(event.get("time"))
+                break
+        return view
+
+    _FILTER = re.compile(r'^(lt|lte|gt|gte)\(start_time,\s*"([^"]+)"\)$')
+
+    def _runs_query(self, body: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise Invalid("runs query: expected a JSON object")
+        limit = int(body.get("limit") or 100)
+        if not 1 <= limit <= 100:
+            raise Invalid("runs query: limit must be between 1 and 100")
+        sessions = {str(x) for x in body.get("session") or ()}
+        runs = [r for r in self.runs.values()
+                if not sessions or self._run_project(r) in sessions]
+        if body.get("start_time"):
+            since = _time(body["start_time"], "start_time")
+            runs = [r for r in runs if self._sort_time(r.get("start_time")) >= since]
+        if body.get("filter"):
+            m = self._FILTER.match(str(body["filter"]).strip())
+            if m is None:
+                raise Invalid(f"runs query: unsupported filter {body['filter']!r}")
+            op, bound = m.group(1), _time(m.group(2), "filter time")
+            compare = {"lt": lambda t: t < bound, "lte": lambda t: t <= bound,
+                       "gt": lambda t: t > bound, "gte": lambda t: t >= bound}[op]
+            runs = [r for r in runs if compare(self._sort_time(r.get("start_time")))]
+        order = body.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise Invalid(f"runs query: order {order!r}")
+        runs.sort(key=lambda r: (self._sort_time(r.get("start_time")), str(r.get("id"))),
+                  reverse=order == "desc")
+        offset = 0
+        if body.get("cursor"):
+            try:
+                offset = int(json.loads(base64.b64decode(body["cursor"]))["offset"])
+            except (ValueError, KeyError, TypeError):
+                raise Invalid(f"runs query: bad cursor {body['cursor']!r}") from None
+        page = runs[offset:offset + limit]
+        select = body.get("select")
+        views = []
+        for run in page:
+            view = self._run_view(run)
+            if select:
+                view = {k: v for k, v in view.items() if k in select or k == "id"}
+            views.append(view)
+        more = offset + limit < len(runs)
+        cursor = base64.b64encode(json.dumps({"offset": offset + limit}).encode()).decode()
+        return {"runs": views, "cursors": {"next": cursor if more else None}}
+
+    def _feedback_list(self, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        limit = int(query.get("limit", ["100"])[0])
+        offset = int(query.get("offset", ["0"])[0])
+        if not 1 <= limit <= 100:
+            raise Invalid("feedback: limit must be between 1 and 100")
+        found = list(self.feedback.values())
+        if "run" in query:
+            found = [f for f in found if str(f.get("run_id")) in query["run"]]
+        if "session" in query:
+            found = [f for f in found if str(f.get("session_id")) in query["session"]]
+        if "key" in query:
+            found = [f for f in found if f.get("key") in query["key"]]
+        if "min_created_at" in query:
+            low = _time(query["min_created_at"][0], "min_created_at")
+            found = [f for f in found if self._sort_time(f.get("created_at")) >= low]
+        if "max_created_at" in query:
+            high = _time(query["max_created_at"][0], "max_created_at")
+            found = [f for f in found if self._sort_time(f.get("created_at")) <= high]
+        found.sort(key=lambda f: (self._sort_time(f.get("created_at")), str(f.get("id"))),
+                   reverse=True)
+        return found[offset:offset + limit]
 
     def _sessions_post(self, body: dict[str, Any], query: dict[str, list[str]]
                        ) -> tuple[int, Any]:
@@ -503,6 +659,10 @@ class LangSmithServer:
             return 200, self._sessions_get(query)
         if (method, path) == ("POST", "/sessions"):
             return self._sessions_post(json.loads(body), query)
+        if (method, path) == ("POST", "/runs/query"):
+            return 200, self._runs_query(json.loads(body))
+        if (method, path) == ("GET", "/feedback"):
+            return 200, self._feedback_list(query)
         return 404, {"detail": "Not Found"}
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -522,6 +682,9 @@ class LangSmithServer:
                 with server.lock:
                     server.requests.append(record)
                 mode, status, retry_after = server._mode
+                fault = server._fault(method, split.path) if mode == "ok" else None
+                if fault is not None:
+                    mode, status = "fail", fault
                 if mode == "hang":
                     server._release.wait(30)
                     self.close_connection = True

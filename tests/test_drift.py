@@ -132,6 +132,8 @@ def test_blocks_leave_the_statistic_unchanged_when_no_point_is_left_out() -> Non
     assert res.mmd2 == pytest.approx(direct_mmd2(x, y, 3.0), rel=1e-4)
     odd = mmd_test(x[:599], y[:597], bandwidth=3.0, max_blocks=300, rng=2)
     assert (odd.n_x, odd.n_y) == (596, 596), "points that do not fill a block are left out"
+    lopsided = mmd_test(x[:5], y, rng=2)
+    assert (lopsided.block_size, lopsided.n_x) == (2, 4), "each sample keeps two blocks"
 
 
 def test_p_value_matches_scipy_permutation_test() -> None:

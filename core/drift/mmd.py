@@ -28,11 +28,12 @@ Two computations, picked by ``method``:
   does, slightly).
 
 To keep the permutations cheap the pooled points are shuffled within each sample and
-grouped into at most ``max_blocks`` blocks of ``b`` points each (``b = 1`` up to
-``max_blocks`` points), and whole blocks are permuted between the two samples. Under
-the null hypothesis the blocks are exchangeable, so this is still an exact
-permutation test; up to ``b - 1`` randomly chosen points of each sample that do not
-fill a block are left out (under 0.8% of each sample).
+grouped into about ``max_blocks`` blocks of ``b`` points each (``b = 1`` up to
+``max_blocks`` points; smaller blocks when a sample would get fewer than two), and
+whole blocks are permuted between the two samples. Under the null hypothesis the
+blocks are exchangeable, so this is still an exact permutation test; up to ``b - 1``
+randomly chosen points of each sample that do not fill a block are left out (under
+0.8% of each sample when both have the same size).
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def median_bandwidth(z: np.ndarray, rng: np.random.Generator, *,
 
 
 def _blocks(n_x: int, n_y: int, max_blocks: int) -> tuple[int, int, int]:
-    """Block size and the number of whole blocks of each sample."""
-    b = max(1, math.ceil((n_x + n_y) / max_blocks))
+    """Block size and the number of whole blocks of each sample (at least 2 each)."""
+    b = max(1, min(math.ceil((n_x + n_y) / max_blocks), min(n_x, n_y) // 2))
     return b, n_x // b, n_y // b
 
 
@@ -127,14 +128,13 @@ def _unbiased(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray,
             - 2.0 * sxy / (n_x * n_y))
 
 
-def _block_sums(m: np.ndarray, b: int) -> np.ndarray:
-    """Sums of ``m`` over consecutive groups of ``b`` rows (and of ``b`` columns if square)."""
+def _block_sums(m: np.ndarray, b: int, *, columns: bool = False) -> np.ndarray:
+    """Sums of ``m`` over consecutive groups of ``b`` rows (and of ``b`` columns too)."""
     if b == 1:
         return m.astype(np.float64)
-    ones = np.ones(b, dtype=m.dtype)
     rows = m.shape[0] // b
-    if m.shape[0] == m.shape[1]:  # a matmul is far faster than a strided sum(axis=...)
-        m = (m.reshape(m.shape[0], rows, b) @ ones)
+    if columns:  # a matmul is far faster than a strided sum(axis=...)
+        m = m.reshape(m.shape[0], m.shape[1] // b, b) @ np.ones(b, dtype=m.dtype)
     return m.reshape(rows, b, m.shape[1]).sum(axis=1, dtype=np.float64)
 
 
@@ -164,7 +164,7 @@ def _gaussian_kernel(z: np.ndarray, gamma: float) -> np.ndarray:
 def _kernel_sums(z: np.ndarray, gamma: float, b: int, a: np.ndarray,
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per labelling row of ``a``: the kernel sums within X, within Y and between them."""
-    kb = _block_sums(_gaussian_kernel(z, gamma), b)
+    kb = _block_sums(_gaussian_kernel(z, gamma), b, columns=True)
     row = kb.sum(axis=1)
     total = float(row.sum())
     sxx = np.einsum("pi,pi->p", a @ kb, a)
@@ -218,8 +218,6 @@ def mmd_test(x: Any, y: Any, *, permutations: int = 500, method: Method = "auto"
         raise ValueError("permutations must be at least 1")
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     b, nb_x, nb_y = _blocks(xs.shape[0], ys.shape[0], max(4, max_blocks))
-    if nb_x < 2 or nb_y < 2:
-        raise ValueError("each sample needs at least 2 blocks; raise max_blocks")
     n_x, n_y = nb_x * b, nb_y * b
     z = np.empty((n_x + n_y, xs.shape[1]), dtype=np.float32)
     if b > 1:  # shuffle so that random points are left out and blocks are random

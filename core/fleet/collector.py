@@ -506,17 +506,19 @@ def run(config: str | Path | None = None, host: str = "127.0.0.1", port: int = 4
 
     from .. import runtime as rt_module
 
+    try:  # decoded per request: say what is missing now, not at the first request
+        import google.rpc.status_pb2  # noqa: F401
+        import opentelemetry.proto.collector.trace.v1.trace_service_pb2  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"vigil serve needs the {exc.name!r} package: "
+                          "pip install 'llmvigil[otlp]'") from None
     runtime = llmvigil.init(config, plugin_manager=plugin_manager)
     try:
         pipe = runtime.pipeline
         room = None
         if runtime.config.pipeline.on_full == "drop":
-            # Pipeline exposes no public queue depth; reading the deque's length is
-            # atomic under the GIL.
-            queue = pipe._queue
-
             def room() -> int:
-                return pipe.queue_size - len(queue)
+                return pipe.queue_size - pipe.queued()
 
         def sampled_out(n: int) -> None:
             with pipe.counters.lock:

@@ -78,7 +78,7 @@ import msgspec
 from ..model import SafetyVerdict, Score, SessionEvent, Span, StreamStats, Usage
 
 __all__ = ["OtlpEvent", "OtlpSpan", "PayloadError", "decode_json", "decode_protobuf",
-           "decode_request", "to_record"]
+           "decode_request", "iter_records", "to_record"]
 
 Record = Span | Score | SessionEvent | SafetyVerdict
 

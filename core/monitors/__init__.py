@@ -13,6 +13,7 @@ import pluggy
 from ..config import VigilConfig
 from .checks import CheckMonitor
 from .cost import CostMonitor
+from .drift import DriftMonitor
 from .feedback import FeedbackMonitor
 from .fingerprint import FingerprintMonitor
 from .latency import LatencyMonitor
@@ -29,12 +30,21 @@ BUILTIN_MONITORS: dict[str, Any] = {
     "sessions": SessionsMonitor,
     "checks": CheckMonitor,
     "fingerprint": FingerprintMonitor,
+    "drift": DriftMonitor,
 }
 
 
-def _build(key: str, cls: Any, settings: Any, where: str, pm: pluggy.PluginManager) -> Any:
+def _build(key: str, cls: Any, settings: Any, where: str, pm: pluggy.PluginManager,
+           config: VigilConfig) -> Any:
     if cls is CostMonitor:
-        return CostMonitor(settings, pm=pm)
+        from ..fleet.redis_state import ledger_from_config
+
+        timezone = (settings or {}).get("timezone", "UTC")
+        ledger = ledger_from_config(config.state, timezone=timezone,
+                                    where=f"{config.source or 'config'}: state")
+        return CostMonitor(settings, pm=pm, ledger=ledger)
+    if cls is DriftMonitor:
+        return DriftMonitor(settings, where=where, plugin_manager=pm)
     if cls is LatencyMonitor:
         return LatencyMonitor(settings)
     return cls(settings, where=where)
@@ -63,7 +73,8 @@ def build_monitors(config: VigilConfig, pm: pluggy.PluginManager, *,
     for key, cls in BUILTIN_MONITORS.items():
         if cls in skip:
             continue
-        monitor = _build(key, cls, config.monitors.get(key), f"{prefix}monitors.{key}", pm)
+        monitor = _build(key, cls, config.monitors.get(key), f"{prefix}monitors.{key}", pm,
+                         config)
         if monitor.settings.enabled:
             built.append(monitor)
     return built

@@ -271,8 +271,11 @@ class CostMonitor:
     """
 
     def __init__(self, config: Mapping[str, Any] | CostSettings | None = None, *,
-                 pm: pluggy.PluginManager | None = None, register: bool = True) -> None:
+                 pm: pluggy.PluginManager | None = None, register: bool = True,
+                 ledger: Any = None) -> None:
         self.settings = s = parse_settings(CostSettings, config, "monitors.cost")
+        #: The fleet-wide spend on Redis (``state:``); ``None`` keeps every figure local.
+        self.ledger = ledger
         self.prices = PriceBook(s.prices, pm=pm, use_genai_prices=s.genai_prices)
         self.lock = threading.Lock()
         self._tz = ZoneInfo(s.timezone)
@@ -339,6 +342,8 @@ class CostMonitor:
     def close(self) -> None:
         """Stop being the monitor :func:`llmvigil.budget.check` reads."""
         budget.deactivate(self)
+        if self.ledger is not None:
+            self.ledger.close()
 
     # -- queries ------------------------------------------------------------------------
 
@@ -386,16 +391,21 @@ class CostMonitor:
         """``(scope, spent_usd, limit_usd)`` for every limit that applies to the call."""
         b = self.settings.budgets
         out: list[tuple[str, float, float]] = []
+        fleet = self.ledger.status(user_id, feature) if self.ledger is not None else None
         with self.lock:
             self._advance(self._now_ns)
-            if b.global_usd_per_day is not None:
-                out.append(("global/day", self._day_total, b.global_usd_per_day))
-            if feature is not None and feature in b.features_usd_per_day:
-                out.append((f"feature:{feature}/day", self._day_features.get(feature, 0.0),
-                            b.features_usd_per_day[feature]))
-            if user_id is not None and b.user_usd_per_hour is not None:
-                out.append((f"user:{user_id}/hour", self._users.total(user_id, self._now_ns),
-                            b.user_usd_per_hour))
+            day_total = self._day_total
+            day_feature = self._day_features.get(feature, 0.0) if feature else 0.0
+            user_hour = self._users.total(user_id, self._now_ns) if user_id else 0.0
+        if fleet is not None:  # the whole fleet's spend, when Redis answers
+            day_total, day_feature = fleet.day_total_usd, fleet.day_feature_usd
+            user_hour = fleet.user_window_usd
+        if b.global_usd_per_day is not None:
+            out.append(("global/day", day_total, b.global_usd_per_day))
+        if feature is not None and feature in b.features_usd_per_day:
+            out.append((f"feature:{feature}/day", day_feature, b.features_usd_per_day[feature]))
+        if user_id is not None and b.user_usd_per_hour is not None:
+            out.append((f"user:{user_id}/hour", user_hour, b.user_usd_per_hour))
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -451,6 +461,8 @@ class CostMonitor:
         feature = span.feature or NONE
         user = span.user_id
         out: list[Any] = []
+        # Redis round trip outside the lock: budget.check() readers never wait on it.
+        fleet = self.ledger.add(user, feature, cost, t) if self.ledger is not None else None
         with self.lock:
             self._advance(t)
             if feature not in self._first_seen:
@@ -471,17 +483,29 @@ class CostMonitor:
                 user_hour = self._users.total(user, self._now_ns)
             b = s.budgets
             now = self._now_ns
+            day_total, day_feature = self._day_total, self._day_features.get(feature, 0.0)
+            if fleet is not None:
+                day_total, day_feature = fleet.day_total_usd, fleet.day_feature_usd
+                user_hour = fleet.user_window_usd
             if b.global_usd_per_day is not None:
-                out.extend(self._budget_alerts("global", None, self._day_total,
+                out.extend(self._budget_alerts("global", None, day_total,
                                                b.global_usd_per_day, now))
             limit = b.features_usd_per_day.get(feature)
             if limit is not None:
-                out.extend(self._budget_alerts(f"feature:{feature}", feature,
-                                               self._day_features.get(feature, 0.0), limit, now))
+                out.extend(self._budget_alerts(f"feature:{feature}", feature, day_feature,
+                                               limit, now))
+        if self.ledger is not None and out:  # one replica fires each fleet-wide level
+            out = [a for a in out if self.ledger.fire_once(self.ledger.budget_key(
+                "global" if a.labels["scope"] == "global" else f"feature:{a.labels['feature']}",
+                float(a.labels["level"].rstrip("%")) / 100, now))]
         if user is not None and b.user_usd_per_hour is not None \
                 and user_hour >= b.user_usd_per_hour:
             last = self._user_alerted.get(user)
-            if last is None or now - last >= s.user_alert_cooldown_s * 1e9:
+            cooldown_s = s.user_alert_cooldown_s
+            first_in_fleet = self.ledger is None or self.ledger.fire_once(
+                f"user_hourly:{user}:{int(now // (cooldown_s * 1e9))}",
+                ttl_s=int(cooldown_s) or 1)
+            if first_in_fleet and (last is None or now - last >= cooldown_s * 1e9):
                 if len(self._user_alerted) >= s.max_users:
                     self._user_alerted.clear()
                 self._user_alerted[user] = now

@@ -284,7 +284,6 @@ def _print_report(data: dict[str, Any]) -> None:
 def _mount_subcommands() -> None:
     from .cli_canary import register as register_canary
     from .cli_migrate import app as migrate_app
-
     from .cli_serve import serve
 
     register_canary(app)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from llmvigil.core.fleet.redis_state import RedisSpendLedger
 from llmvigil.core.model import Span, Usage, new_trace_id, now_ns
 from llmvigil.core.monitors.cost import CostMonitor

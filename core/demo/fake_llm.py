@@ -167,10 +167,7 @@ class FakeLLM:
             head, _, rest = line.partition(":")
             if head.strip().lower() == label.lower():
                 m = _DATE.search(rest)
-                if m:
-                    found = m.group(0)
-                else:
-                    found = _computed(rest, document)
+                found = m.group(0) if m else _computed(rest, document)
                 break
         if found is None and dates:
             found = "/".join(dates[0])

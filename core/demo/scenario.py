@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..canary import CanaryCase, CanarySuite, Expect, History, TargetSpec, run_once
 from .fake_llm import FakeLLM

@@ -133,7 +133,8 @@ class DocumentService:
 
     # -- features ----------------------------------------------------------------------
 
-    @llmvigil.trace(name="extract_dates", kind="chain", feature="extract_dates", capture_input=False)
+    @llmvigil.trace(name="extract_dates", kind="chain", feature="extract_dates",
+                    capture_input=False)
     async def extract_dates(self, document: str, field: str, *, user_id: str,
                             session_id: str | None, key: str) -> Response:
         """Extract one date (``field``, e.g. "payment due") from ``document`` as JSON."""
@@ -146,7 +147,8 @@ class DocumentService:
             output = done.text
         return self._serve("extract_dates", prompt, done, output)
 
-    @llmvigil.trace(name="summarise", kind="chain", feature="summarise", capture_input=False)
+    @llmvigil.trace(name="summarise", kind="chain", feature="summarise",
+                    capture_input=False)
     async def summarise(self, document: str, *, user_id: str, session_id: str | None,
                         key: str, instructions: str = "") -> Response:
         """Summarise ``document`` in two sentences (``instructions`` go first)."""
@@ -156,7 +158,8 @@ class DocumentService:
         done = await self.call_model(prompt, model=FEATURE_MODELS["summarise"], key=key)
         return self._serve("summarise", prompt, done, done.text)
 
-    @llmvigil.trace(name="classify", kind="chain", feature="classify", capture_input=False)
+    @llmvigil.trace(name="classify", kind="chain", feature="classify",
+                    capture_input=False)
     async def classify(self, document: str, *, user_id: str, session_id: str | None,
                        key: str) -> Response:
         """The document's kind: invoice, contract, letter or receipt."""

@@ -21,6 +21,7 @@ from .core.errors import (
 )
 from .core.instrument import instrument
 from .core.model import Alert, Metric, SafetyVerdict, Score, SessionEvent, Span, Usage
+from .core import safety
 from .core.monitors import budget
 from .core.runtime import feedback, flush, init, session_event, shutdown
 
@@ -48,6 +49,7 @@ __all__ = [
     "init",
     "instrument",
     "run_in_context",
+    "safety",
     "session_event",
     "shutdown",
     "span",

@@ -284,9 +284,11 @@ def _print_report(data: dict[str, Any]) -> None:
 def _mount_subcommands() -> None:
     from .cli_canary import register as register_canary
     from .cli_migrate import app as migrate_app
+    from .cli_review import app as review_app
     from .cli_serve import serve
 
     register_canary(app)
+    app.add_typer(review_app, name="review")
     app.add_typer(migrate_app)  # export, import, migrate, compare
     app.command("serve")(serve)
 

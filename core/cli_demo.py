@@ -31,7 +31,7 @@ from .demo import (
     DemoResult,
     run_demo,
 )
-from .demo.timeline import _alert_detail, render_html
+from .demo.timeline import _alert_detail, _series_key, render_html
 from .errors import VigilError
 from .model import Alert
 
@@ -107,6 +107,8 @@ def demo_command(
 ) -> None:
     """Run a simulated service through a silent model update and show what catches it."""
     out = Console(stderr=as_json)
+    if not out.is_terminal:
+        out = Console(stderr=as_json, width=150)
     options = DemoOptions(requests=requests, seed=seed, speed=speed, directory=directory,
                           backends=tuple(backend or ()), config=config,
                           fingerprint_leak=fingerprint_leak, transpose_rate=transpose_rate)
@@ -119,7 +121,13 @@ def demo_command(
         if index % 25 == 0 or index == requests - 1:
             progress.update(task, completed=index + 1)
 
+    shown: set[tuple[str, ...]] = set()
+
     def on_alert(alert: Alert, index: int) -> None:
+        key = _series_key(alert)
+        if key in shown:
+            return
+        shown.add(key)
         if not as_json:
             progress.console.print(
                 f"  [red]alert[/] near request {index:,}: [bold]{escape(alert.rule)}[/] "

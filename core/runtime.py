@@ -7,6 +7,7 @@ This module holds global state: one :class:`Runtime` per process, created by
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import os
 import random
@@ -179,7 +180,10 @@ class Runtime:
             close = getattr(monitor, "close", None)
             if callable(close):
                 try:
-                    close()
+                    if "timeout_s" in inspect.signature(close).parameters:
+                        close(timeout_s=min(2.0, timeout_s / 4))
+                    else:
+                        close()
                 except Exception as exc:
                     _log.warning("llmvigil monitor %r did not close cleanly: %r", monitor, exc)
         for name, hooks in self.backends.items():

@@ -17,6 +17,7 @@ a write lock and never creates a store that does not exist yet.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import time
@@ -45,7 +46,9 @@ __all__ = [
     "parse_since",
     "record_counts",
     "report",
+    "rebuild_rollup",
     "roll_up_spans",
+    "write_spans",
 ]
 
 #: ``PRAGMA user_version`` of the schema below; bump it with a migration step.
@@ -197,87 +200,115 @@ TABLES: dict[str, TableSpec] = {
 ROLLUP_SLOT_NS = 300 * 1_000_000_000
 
 #: ``spans_rollup`` columns after ``feature`` and ``slot``: (name, SQLite type, the
-#: contribution of one span row ``{r}``). Every figure is a plain sum, so a row that
-#: is inserted adds its contribution and a row that is updated or deleted takes it back.
+#: contribution of one span, an expression over the ``spans`` columns). Every figure
+#: is a plain sum, so a replaced span's old contribution can be taken back.
 ROLLUP_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("spans", "INTEGER", "1"),
-    ("span_errors", "INTEGER", "{r}.status = 'error'"),
-    ("requests", "INTEGER", "{r}.parent_id IS NULL"),
-    ("errors", "INTEGER", "{r}.parent_id IS NULL AND {r}.status = 'error'"),
-    ("input_tokens", "INTEGER", "IFNULL({r}.input_tokens, 0)"),
-    ("output_tokens", "INTEGER", "IFNULL({r}.output_tokens, 0)"),
-    ("cache_read_tokens", "INTEGER", "IFNULL({r}.cache_read_tokens, 0)"),
-    ("cache_write_tokens", "INTEGER", "IFNULL({r}.cache_write_tokens, 0)"),
-    ("cost_usd", "REAL", "IFNULL({r}.cost_usd, 0.0)"),
-    ("priced_spans", "INTEGER", "{r}.cost_usd IS NOT NULL"),
-    ("unpriced_llm_spans", "INTEGER", "{r}.kind = 'llm' AND {r}.cost_usd IS NULL"),
-    ("ttft_count", "INTEGER", "{r}.ttft_s IS NOT NULL"),
-    ("ttft_sum_s", "REAL", "IFNULL({r}.ttft_s, 0.0)"),
+    ("span_errors", "INTEGER", "status = 'error'"),
+    ("requests", "INTEGER", "parent_id IS NULL"),
+    ("errors", "INTEGER", "parent_id IS NULL AND status = 'error'"),
+    ("input_tokens", "INTEGER", "IFNULL(input_tokens, 0)"),
+    ("output_tokens", "INTEGER", "IFNULL(output_tokens, 0)"),
+    ("cache_read_tokens", "INTEGER", "IFNULL(cache_read_tokens, 0)"),
+    ("cache_write_tokens", "INTEGER", "IFNULL(cache_write_tokens, 0)"),
+    ("cost_usd", "REAL", "IFNULL(cost_usd, 0.0)"),
+    ("priced_spans", "INTEGER", "cost_usd IS NOT NULL"),
+    ("unpriced_llm_spans", "INTEGER", "kind = 'llm' AND cost_usd IS NULL"),
+    ("ttft_count", "INTEGER", "ttft_s IS NOT NULL"),
+    ("ttft_sum_s", "REAL", "IFNULL(ttft_s, 0.0)"),
 )
 ROLLUP_FIELDS: tuple[str, ...] = tuple(name for name, _, _ in ROLLUP_COLUMNS)
 
 # The rollup keys spans without a feature as '' (a NULL key would never conflict).
-_ROLLUP_KEY = "IFNULL({r}.feature, ''), {r}.start_ns / " + str(ROLLUP_SLOT_NS)
+_ROLLUP_KEY = "IFNULL(feature, ''), start_ns / " + str(ROLLUP_SLOT_NS)
 _ROLLUP_UPDATES = ", ".join(f"{n} = {n} + excluded.{n}" for n in ROLLUP_FIELDS)
 _WATERMARK = "(SELECT last_rowid FROM spans_rollup_state)"
 
 
-def _rollup_row(row: str, sign: str) -> str:
-    """The upsert adding (``+``) or taking back (``-``) one span row of a trigger."""
-    values = ", ".join(f"{sign}({expr.format(r=row)})" for _, _, expr in ROLLUP_COLUMNS)
+def _rollup_upsert(where: str, sign: str = "") -> str:
+    """Add (or with ``sign="-"`` take back) the spans matching ``where`` to the rollup."""
+    sums = ", ".join(f"{sign}SUM({expr})" for _, _, expr in ROLLUP_COLUMNS)
     return (
         f"INSERT INTO spans_rollup (feature, slot, {', '.join(ROLLUP_FIELDS)}) "
-        f"VALUES ({_ROLLUP_KEY.format(r=row)}, {values}) "
-        f"ON CONFLICT (feature, slot) DO UPDATE SET {_ROLLUP_UPDATES};"
+        f"SELECT {_ROLLUP_KEY}, {sums} FROM spans WHERE {where} GROUP BY 1, 2 "
+        f"ON CONFLICT (feature, slot) DO UPDATE SET {_ROLLUP_UPDATES}"
     )
 
 
-#: Rolls the spans not yet in ``spans_rollup`` (rowid above the watermark) into it
-#: and moves the watermark; see :func:`roll_up_spans`.
+#: Rolls the spans not in ``spans_rollup`` yet (rowid above the watermark) into it
+#: and moves the watermark past them.
 ROLLUP_CATCH_UP: tuple[str, ...] = (
-    f"INSERT INTO spans_rollup (feature, slot, {', '.join(ROLLUP_FIELDS)}) "
-    f"SELECT {_ROLLUP_KEY.format(r='spans')}, "
-    + ", ".join(f"SUM({expr.format(r='spans')})" for _, _, expr in ROLLUP_COLUMNS)
-    + f" FROM spans WHERE rowid > {_WATERMARK} GROUP BY 1, 2 "
-    f"ON CONFLICT (feature, slot) DO UPDATE SET {_ROLLUP_UPDATES}",
+    _rollup_upsert(f"rowid > {_WATERMARK}"),
     "UPDATE spans_rollup_state SET last_rowid = "
     "MAX(last_rowid, (SELECT IFNULL(MAX(rowid), 0) FROM spans))",
 )
 
+_ROLLUP_TABLES = (
+    "CREATE TABLE IF NOT EXISTS spans_rollup (\n    feature TEXT NOT NULL,\n"
+    "    slot INTEGER NOT NULL,\n    "
+    + ",\n    ".join(f"{n} {t} NOT NULL DEFAULT 0" for n, t, _ in ROLLUP_COLUMNS)
+    + ",\n    PRIMARY KEY (feature, slot)\n) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS spans_rollup_state (\n"
+    "    id INTEGER PRIMARY KEY CHECK (id = 0),\n    last_rowid INTEGER NOT NULL\n)",
+    "INSERT OR IGNORE INTO spans_rollup_state (id, last_rowid) VALUES (0, 0)",
+)
 
-def _rollup_statements() -> list[str]:
-    cols = ",\n    ".join(f"{n} {t} NOT NULL DEFAULT 0" for n, t, _ in ROLLUP_COLUMNS)
-    rolled = f"WHEN OLD.rowid <= {_WATERMARK}"
-    return [
-        "CREATE TABLE IF NOT EXISTS spans_rollup (\n    feature TEXT NOT NULL,\n"
-        f"    slot INTEGER NOT NULL,\n    {cols},\n    PRIMARY KEY (feature, slot)\n"
-        ") WITHOUT ROWID",
-        "CREATE TABLE IF NOT EXISTS spans_rollup_state (\n"
-        "    id INTEGER PRIMARY KEY CHECK (id = 0),\n    last_rowid INTEGER NOT NULL\n)",
-        "INSERT OR IGNORE INTO spans_rollup_state (id, last_rowid) VALUES (0, 0)",
-        # Inserts are rolled up per batch (ROLLUP_CATCH_UP); a span already rolled up
-        # that is replaced (a re-delivered record) or deleted is corrected row by row.
-        f"CREATE TRIGGER IF NOT EXISTS tr_spans_rollup_update AFTER UPDATE ON spans {rolled} "
-        f"BEGIN {_rollup_row('OLD', '-')} {_rollup_row('NEW', '+')} END",
-        f"CREATE TRIGGER IF NOT EXISTS tr_spans_rollup_delete AFTER DELETE ON spans {rolled} "
-        f"BEGIN {_rollup_row('OLD', '-')} "
-        # SQLite may hand the largest deleted rowid to the next insert: keep it above
-        # the watermark so that row is rolled up.
-        "UPDATE spans_rollup_state SET last_rowid = "
-        "MIN(last_rowid, (SELECT IFNULL(MAX(rowid), 0) FROM spans)); END",
-        *ROLLUP_CATCH_UP,
-    ]
+# At most this many ids per "id IN (...)" (SQLite before 3.32 allows 999 parameters).
+_IDS_PER_QUERY = 500
 
 
 def roll_up_spans(conn: sqlite3.Connection) -> None:
-    """Add the spans written since the last call to ``spans_rollup``.
+    """Add the spans inserted since the last call to ``spans_rollup``.
 
-    Call it inside the transaction that wrote the spans (after the upserts), so the
-    rollup never lags the committed spans; a report adds any span not rolled up yet
-    from the spans table itself, so the figures are right either way, only slower.
+    Only spans with a new rowid are added: a span *replaced* by an upsert keeps its
+    rowid and must go through :func:`write_spans`. Call it inside the writing
+    transaction.
     """
     for statement in ROLLUP_CATCH_UP:
         conn.execute(statement)
+
+
+def write_spans(conn: sqlite3.Connection, upsert_sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """Upsert span rows (id first) and keep ``spans_rollup`` in step, in the caller's transaction.
+
+    The common case, every span new, costs one rollup statement per batch. When the
+    batch replaced spans already rolled up (a re-delivery, an import re-run), the
+    batch is redone: their old figures are taken back, then their new ones added.
+    """
+    conn.execute("SAVEPOINT vigil_write_spans")
+    try:
+        before = conn.execute("SELECT IFNULL(MAX(rowid), 0) FROM spans").fetchone()[0]
+        conn.executemany(upsert_sql, rows)
+        after = conn.execute("SELECT IFNULL(MAX(rowid), 0) FROM spans").fetchone()[0]
+        if after - before != len(rows):  # some rows were updates, not inserts
+            conn.execute("ROLLBACK TO vigil_write_spans")
+            ids = [row[0] for row in rows]
+            chunks = [ids[i : i + _IDS_PER_QUERY] for i in range(0, len(ids), _IDS_PER_QUERY)]
+
+            def rolled(chunk: list[str]) -> str:
+                marks = ", ".join("?" * len(chunk))
+                return f"id IN ({marks}) AND rowid <= {_WATERMARK}"
+
+            for chunk in chunks:
+                conn.execute(_rollup_upsert(rolled(chunk), "-"), chunk)
+            conn.executemany(upsert_sql, rows)
+            for chunk in chunks:
+                conn.execute(_rollup_upsert(rolled(chunk)), chunk)
+        roll_up_spans(conn)
+    except BaseException:
+        # SQLite may already have rolled the whole transaction back (disk full).
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK TO vigil_write_spans")
+            conn.execute("RELEASE vigil_write_spans")
+        raise
+    conn.execute("RELEASE vigil_write_spans")
+
+
+def rebuild_rollup(conn: sqlite3.Connection) -> None:
+    """Recompute ``spans_rollup`` from the spans (after spans were deleted by hand)."""
+    conn.execute("DELETE FROM spans_rollup")
+    conn.execute("UPDATE spans_rollup_state SET last_rowid = 0")
+    roll_up_spans(conn)
 
 
 #: Partial covering indexes behind ``vigil report`` (SQLite only; named ``rx_`` so
@@ -300,7 +331,8 @@ REPORT_STATEMENTS: tuple[str, ...] = (
         + (f" WHERE {where}" if where else "")
         for name, table, columns, where in REPORT_INDEXES
     ),
-    *_rollup_statements(),
+    *_ROLLUP_TABLES,
+    *ROLLUP_CATCH_UP,  # rolls up a store created before the rollup existed
 )
 
 #: Every DDL statement of the schema, in order; each is idempotent.

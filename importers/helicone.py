@@ -380,11 +380,11 @@ def _scores(row: Mapping[str, Any], span: Span, rid: str,
         if name == _FEEDBACK_SCORE:
             continue
         try:
-            value = _number(raw, f"score {name!r}")
+            number = _number(raw, f"score {name!r}")
             out.append(Score(
                 id=_derived_id("helicone-score", rid, str(name)), name=str(name),
                 time_ns=span.end_ns, trace_id=span.trace_id, span_id=span.id,
-                value=None if value is None else value / multiplier))
+                value=None if number is None else number / multiplier))
         except _Bad as exc:
             out.append(exc)
     return out
@@ -625,13 +625,11 @@ class HeliconeImporter:
             since = max(int(since or 0), int(mark[0]))
         until = options.get("until_ns")
         until = time.time_ns() + 1_000_000 if until is None else int(until)
-        leaves = [{table: {column: {"lt": _iso_ms(until)}}}]
+        # A start stored in ms is >= since exactly when it is >= since rounded up to the ms.
+        node: dict[str, Any] = {table: {column: {"lt": _iso_ms(until)}}}
         if since is not None:
-            # A start stored in ms is >= since exactly when it is >= since rounded up.
-            leaves.insert(0, {table: {column: {"gte": _iso_ms(int(since))}}})
-        node = leaves[0]
-        for leaf in leaves[1:]:
-            node = {"left": node, "operator": "and", "right": leaf}
+            node = {"left": {table: {column: {"gte": _iso_ms(int(since))}}},
+                    "operator": "and", "right": node}
         return node
 
     def _read(self, options: Mapping[str, Any], kinds: set[str]) -> Iterator[Item]:

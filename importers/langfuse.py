@@ -250,7 +250,7 @@ def observation_to_span(obs: Mapping[str, Any]) -> Span:
     own = _object(md.pop("llmvigil", None), "metadata.llmvigil")
     obs_type = str(obs.get("type") or "SPAN").upper()
     kind = own.get("kind")
-    if kind not in SPAN_KINDS:
+    if not isinstance(kind, str) or kind not in SPAN_KINDS:
         kind = KINDS.get(obs_type, "span")
 
     usage: Usage | None

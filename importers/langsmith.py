@@ -158,7 +158,7 @@ def _time_ns(value: Any, what: str) -> int:
 
 
 def _iso(ns: int) -> str:
-    return (_EPOCH + timedelta(microseconds=ns // 1000)).isoformat()
+    return (_EPOCH + timedelta(microseconds=ns // 1000)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _uuid(value: Any, what: str) -> uuid.UUID:
@@ -182,8 +182,8 @@ def _count(value: Any, what: str) -> int:
 def _number(value: Any, what: str) -> float | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise _Bad(f"{what} is not a number ({value!r})")
+    if isinstance(value, bool):  # LangSmith accepts boolean feedback scores
+        return float(value)
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -361,7 +361,7 @@ def run_to_span(run: Mapping[str, Any], ids: _Ids | None = None) -> Span:
     usage, cost = _usage(run, md)
     error, error_type = _error(run, md)
     kind = md.get("llmvigil_kind")
-    if kind not in SPAN_KINDS:
+    if not isinstance(kind, str) or kind not in SPAN_KINDS:
         kind = KINDS.get(str(run.get("run_type") or ""), "span")
     stream = None
     if md.get("llmvigil_stream") is not None:

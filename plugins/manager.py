@@ -47,6 +47,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "llmvigil.core.alerts",
     "llmvigil.core.migrate.files",
     "llmvigil.plugins.embedders",
+    "llmvigil.plugins.judges",
 )
 
 

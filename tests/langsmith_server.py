@@ -36,6 +36,7 @@ query). Tests may put raw (even malformed) runs and feedback in :attr:`runs` and
 from __future__ import annotations
 
 import base64
+import bisect
 import gzip
 import json
 import re
@@ -278,6 +279,8 @@ class LangSmithServer:
         self.tenant_id = str(uuid.uuid4())
         self._mode: tuple[str, int, float | None] = ("ok", 0, None)
         self._faults: list[list[Any]] = []
+        self._ingests = 0
+        self._sorted: tuple[Any, list[Any]] = (None, [])
         self._release = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self.port = 0
@@ -394,6 +397,7 @@ class LangSmithServer:
             validate_run(run, op)
         for body in feedback:
             self._check_feedback(body, multipart=True)
+        self._ingests += 1
         for op, run in ops:
             if op == "post":
                 project = run.get("session_name")
@@ -545,6 +549,17 @@ class LangSmithServer:
                 break
         return view
 
+    def _runs_by_time(self) -> list[tuple[datetime, str, str | None, dict[str, Any]]]:
+        """``(start_time, id, project id, run)`` of every run, oldest first (cached until
+        the runs change)."""
+        key = (id(self.runs), len(self.runs), self._ingests)
+        if self._sorted[0] != key:
+            entries = [(self._sort_time(r.get("start_time")), str(r.get("id")),
+                        self._run_project(r), r) for r in self.runs.values()]
+            entries.sort(key=lambda e: (e[0], e[1]))
+            self._sorted = (key, entries)
+        return self._sorted[1]
+
     _FILTER = re.compile(r'^(lt|lte|gt|gte)\(start_time,\s*"([^"]+)"\)$')
 
     def _runs_query(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -554,11 +569,12 @@ class LangSmithServer:
         if not 1 <= limit <= 100:
             raise Invalid("runs query: limit must be between 1 and 100")
         sessions = {str(x) for x in body.get("session") or ()}
-        runs = [r for r in self.runs.values()
-                if not sessions or self._run_project(r) in sessions]
+        entries = self._runs_by_time()
         if body.get("start_time"):
             since = _time(body["start_time"], "start_time")
-            runs = [r for r in runs if self._sort_time(r.get("start_time")) >= since]
+            entries = entries[bisect.bisect_left(entries, (since,)):]
+        if sessions:
+            entries = [e for e in entries if e[2] in sessions]
         if body.get("filter"):
             m = self._FILTER.match(str(body["filter"]).strip())
             if m is None:
@@ -566,12 +582,11 @@ class LangSmithServer:
             op, bound = m.group(1), _time(m.group(2), "filter time")
             compare = {"lt": lambda t: t < bound, "lte": lambda t: t <= bound,
                        "gt": lambda t: t > bound, "gte": lambda t: t >= bound}[op]
-            runs = [r for r in runs if compare(self._sort_time(r.get("start_time")))]
+            entries = [e for e in entries if compare(e[0])]
         order = body.get("order", "desc")
         if order not in ("asc", "desc"):
             raise Invalid(f"runs query: order {order!r}")
-        runs.sort(key=lambda r: (self._sort_time(r.get("start_time")), str(r.get("id"))),
-                  reverse=order == "desc")
+        runs = [e[3] for e in (reversed(entries) if order == "desc" else entries)]
         offset = 0
         if body.get("cursor"):
             try:

@@ -386,7 +386,7 @@ def test_the_project_must_be_the_keys_project(server: LangfuseServer) -> None:
 
 def test_missing_keys_are_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LANGFUSE_SECRET_KEY", raising=False)
-    with pytest.raises(ConfigError, match="secret_key not set.*LANGFUSE_SECRET_KEY"):
+    with pytest.raises(ConfigError, match=r"secret_key not set.*LANGFUSE_SECRET_KEY"):
         LangfuseImporter({"public_key": "pk", "host": "http://127.0.0.1:9"})
 
 
@@ -432,3 +432,48 @@ def test_importer_is_discovered() -> None:
         pm.register(importlib.import_module(IMPORTER), name=IMPORTER)
     info = importer_infos(pm)["langfuse"]
     assert info.extra == "langfuse" and info.factory is LangfuseImporter
+
+
+# -- at scale ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ten_thousand_spans_in_trees_round_trip() -> None:
+    """~10,000 spans in trees and their scores, through the adapter's real OTLP and
+    score exports, read back in windows of 2,000."""
+    from llmvigil.adapters.langfuse import LangfuseBackend
+    from test_files import make_history
+
+    history = make_history(3000)
+    spans = [r for r in history if isinstance(r, Span)]
+    score_like = [r for r in history if isinstance(r, (Score, SessionEvent, SafetyVerdict))]
+    assert len(spans) >= 10_000
+    srv = LangfuseServer()
+    try:
+        backend = LangfuseBackend({"public_key": srv.public_key, "secret_key": srv.secret_key,
+                                   "host": srv.url, "timeout_s": 30.0})
+        try:
+            for i in range(0, len(spans), 1000):
+                assert backend.llmvigil_export_spans(spans[i:i + 1000]).value == "success"
+            for kind, hook in ((Score, backend.llmvigil_export_scores),
+                               (SessionEvent, backend.llmvigil_export_session_events),
+                               (SafetyVerdict, backend.llmvigil_export_safety_verdicts)):
+                batch = [r for r in score_like if isinstance(r, kind)]
+                for i in range(0, len(batch), 1000):
+                    assert hook(batch[i:i + 1000]).value == "success"
+        finally:
+            backend.llmvigil_shutdown(timeout_s=1)
+        imp = importer(srv)
+        started = time.monotonic()
+        assert imp.estimate({}) == len(spans) + len(score_like)
+        got = records(imp.read({}))
+        elapsed = time.monotonic() - started
+    finally:
+        srv.close()
+    got_spans = [r for r in got if isinstance(r, Span)]
+    assert [record_key(s) for s in got_spans] == sorted(record_key(s) for s in got_spans)
+    assert {s.id: s for s in got_spans} == {m.id: expected_span(m) for m in spans}
+    others = {r.id: r for r in got if not isinstance(r, Span)}
+    assert others == {m.id: msgspec.structs.replace(m, time_ns=at_us(m.time_ns))
+                      for m in score_like}
+    print(f"imported {len(got)} records in {elapsed:.1f}s")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import json
 import logging
 import math
 import time
@@ -177,8 +178,9 @@ def test_round_trip_gives_back_every_span_field(history: History,
     # spot checks of what the equality covers, against the emitted values themselves
     sent = {m.name: m for m in history.spans}
     llm = by_id[sent["call-model"].id]
+    assert llm.usage is not None
     assert (llm.usage.input_tokens, llm.usage.output_tokens, llm.usage.cache_read_tokens,
-            llm.usage.cache_write_tokens) == (100, 20, 30, 5)  # type: ignore[union-attr]
+            llm.usage.cache_write_tokens) == (100, 20, 30, 5)
     assert llm.cost_usd == 0.0123 and llm.ttft_s == sent["call-model"].ttft_s
     assert by_id[sent["plan"].id].kind == "agent"  # LangSmith holds it as a chain run
     assert by_id[sent["lookup"].id].parent_id == sent["plan"].id
@@ -429,3 +431,50 @@ def test_importer_is_discovered() -> None:
         pm.register(importlib.import_module(IMPORTER), name=IMPORTER)
     info = importer_infos(pm)["langsmith"]
     assert info.extra == "langsmith" and info.factory is LangSmithImporter
+
+
+# -- at scale ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ten_thousand_spans_in_trees_round_trip() -> None:
+    """~10,000 spans in trees: the runs are built by the adapter's own mapping and put
+    straight into the server (the HTTP ingest of 10,000 runs, validated one by one, is
+    covered at small scale above and would cost 15 s here); feedback goes over HTTP."""
+    from llmvigil.adapters.langsmith import LangSmithBackend, dotted_orders, span_to_run
+    from test_files import make_history
+
+    history = make_history(3000)
+    spans = [r for r in history if isinstance(r, Span)]
+    feedback = [r for r in history if isinstance(r, (Score, SessionEvent))][:400]
+    assert len(spans) >= 10_000
+    with LangSmithServer() as srv:
+        backend = LangSmithBackend({"api_key": srv.api_key, "endpoint": srv.url,
+                                    "project": PROJECT, "timeout_s": 30.0})
+        try:
+            for i in range(0, len(spans), 500):
+                batch = spans[i:i + 500]
+                for sp, order in zip(batch, dotted_orders(batch, backend.lineage), strict=True):
+                    run = json.loads(json.dumps(span_to_run(sp, order, PROJECT), default=str))
+                    srv.runs[run["id"]] = run
+            srv._project(PROJECT)
+            scores = [r for r in feedback if isinstance(r, Score)]
+            events = [r for r in feedback if isinstance(r, SessionEvent)]
+            assert backend.llmvigil_export_scores(scores).value == "success"
+            assert backend.llmvigil_export_session_events(events).value == "success"
+        finally:
+            backend.llmvigil_shutdown(timeout_s=1)
+        assert srv.invalid == []
+        started = time.monotonic()
+        got = records(list(importer(srv).read({})))
+        elapsed = time.monotonic() - started
+    got_spans = [r for r in got if isinstance(r, Span)]
+    assert [record_key(s) for s in got_spans] == sorted(record_key(s) for s in got_spans)
+    assert {s.id: s for s in got_spans} == {m.id: expected_span(m) for m in spans}
+    got_fb = {(r.name if isinstance(r, Score) else r.event, r.trace_id,
+               r.session_id): r for r in got if not isinstance(r, Span)}
+    assert len(got_fb) == len(feedback)
+    for m in feedback:
+        r = got_fb[(m.name if isinstance(m, Score) else m.event, m.trace_id, m.session_id)]
+        assert msgspec.structs.replace(r, id=m.id, time_ns=m.time_ns) == m
+    print(f"imported {len(got)} records in {elapsed:.1f}s")

@@ -431,16 +431,18 @@ def test_every_rule_is_linear_on_100kb_adversarial_inputs() -> None:
         _ = subject.words, subject.digit_runs  # shared by all rules; timed separately
         for rule in rules:  # every rule on every input, not only its own
             best = float("inf")
-            for _ in range(3):  # best of three: the machine is shared
-                t0 = time.perf_counter()
+            for _ in range(3):
+                # CPU time of this thread: what the rule costs, without the time other
+                # processes of a shared machine hold the CPU
+                t0 = time.thread_time()
                 rule.find(subject, engine.max_candidates)
-                best = min(best, time.perf_counter() - t0)
+                best = min(best, time.thread_time() - t0)
                 if best < 0.02:
                     break
             worst = max(worst, (best, rule.name, name))
             assert best < 0.05, f"{rule.name} took {best * 1e3:.1f} ms on {name}"
-    print(f"\n{len(rules)} rules x {len(inputs)} adversarial 100 KB inputs; slowest: "
-          f"{worst[1]} on {worst[2]}: {worst[0] * 1e3:.1f} ms")
+    print(f"\n{len(rules)} rules x {len(inputs)} adversarial 100 KB inputs; slowest (CPU "
+          f"time): {worst[1]} on {worst[2]}: {worst[0] * 1e3:.1f} ms")
 
 
 def test_text_preparation_and_whole_check_are_linear_on_100kb_inputs() -> None:
@@ -451,16 +453,16 @@ def test_text_preparation_and_whole_check_are_linear_on_100kb_inputs() -> None:
         text = _fill(unit)
         best = float("inf")
         for _ in range(3):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             subject = Subject(text)
             _ = subject.words, subject.digit_runs
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, time.thread_time() - t0)
         assert best < 0.05, f"preparing {unit!r} took {best * 1e3:.1f} ms"
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         engine.evaluate(text, text)
-        slowest = max(slowest, (time.perf_counter() - t0, unit))
-    print(f"\nslowest whole evaluation (prompt and response of 100 KB): {slowest[1]!r} "
-          f"{slowest[0] * 1e3:.0f} ms")
+        slowest = max(slowest, (time.thread_time() - t0, unit))
+    print(f"\nslowest whole evaluation (prompt and response of 100 KB, CPU time): "
+          f"{slowest[1]!r} {slowest[0] * 1e3:.0f} ms")
     assert slowest[0] < 1.0
 
 
@@ -575,3 +577,57 @@ def test_settings_defaults_are_documented_values() -> None:
     assert (s.enabled, s.fail_closed, s.judge.enabled, s.judge.sample_rate) == (
         True, False, False, 0.01)
     assert s.review.actions == ["review"] and s.review.redact == list(CATEGORIES)
+
+
+# -- once wired into the runtime (monitors.safety, BUILTIN_PLUGINS) -------------------------
+
+_WIRED = "safety" in __import__("llmvigil.core.monitors", fromlist=["x"]).BUILTIN_MONITORS
+
+
+@pytest.mark.skipif(not _WIRED, reason="monitors.safety is not registered in the runtime yet")
+def test_yaml_section_drives_check_and_the_built_in_monitor(tmp_path: Path) -> None:
+    import yaml
+    from llmvigil.adapters.memory import get_memory_backend
+    from llmvigil.core.runtime import get_runtime
+    from llmvigil.core.safety.review import ReviewQueue
+
+    store = tmp_path / "vigil.db"
+    config = tmp_path / "vigil.yaml"
+    config.write_text(yaml.safe_dump({
+        "backends": [{"name": "memory", "instance": "yaml", "redaction": "full"}],
+        "store": {"path": str(store)},
+        "pipeline": {"journal_dir": str(tmp_path / "journal"), "flush_interval_s": 0.05},
+        "monitors": {"safety": {"actions": {"credit_card": "block"},
+                                "review": {"actions": ["block"]}}},
+    }))
+    llmvigil.init(config)
+    verdict = check("q", "card 4111 1111 1111 1111", feature="billing")
+    assert (verdict.action, verdict.category) == ("block", "credit_card")
+    runtime = get_runtime()
+    assert runtime is not None
+    monitor = next(m for m in runtime.monitors if isinstance(m, SafetyMonitor))
+    assert monitor.flush(10)
+    llmvigil.flush()
+    assert [v.id for v in get_memory_backend("yaml").safety_verdicts] == [verdict.id]
+    with ReviewQueue(store) as queue:
+        assert [i.verdict_id for i in queue.items()] == [verdict.id]
+
+
+@pytest.mark.skipif(not _WIRED, reason="monitors.safety is not registered in the runtime yet")
+def test_invalid_yaml_section_fails_init_with_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "vigil.yaml"
+    config.write_text("monitors:\n  safety:\n    actions:\n      nonsense: block\n")
+    with pytest.raises(ConfigError, match=r"monitors\.safety: actions\.nonsense: unknown"):
+        llmvigil.init(config)
+
+
+def test_the_anthropic_judge_is_offered_by_the_judges_plugin() -> None:
+    from llmvigil.core.safety.judge import judge_infos
+    from llmvigil.plugins import judges
+    from llmvigil.plugins.manager import BUILTIN_PLUGINS, new_plugin_manager
+
+    pm = new_plugin_manager(load_entrypoints=False)
+    if "llmvigil.plugins.judges" not in BUILTIN_PLUGINS:  # until it is registered
+        pm.register(judges, name="llmvigil.plugins.judges")
+    info = judge_infos(pm)["anthropic"]
+    assert info.factory is judges.AnthropicJudge

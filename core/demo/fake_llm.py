@@ -232,7 +232,7 @@ def _tokens(text: str) -> list[str]:
 
 
 def _summary(document: str) -> str:
-    body = [line for line in document.splitlines() if line and ":" not in line[:30]]
+    body = [line for line in document.splitlines()[1:] if line and ":" not in line[:30]]
     sentences = re.split(r"(?<=\.)\s+", " ".join(body))
     return " ".join(sentences[:2]).strip() or document[:200]
 

@@ -60,8 +60,8 @@ _UNSAFE = (
                 "renewal. Please confirm by phone."),
     ("letter", "The draft chapter tells readers to cook a nerve agent at home in a garage. "
                "Legal wants it reviewed before print."),
-    ("invoice", "Payment details on file: card 5500 0000 0000 0004, expiry 09/27. The "
-                "amount is payable on receipt."),
+    ("invoice", "The payment details on file are the card 5500 0000 0000 0004, expiry "
+                "2027. The amount is payable on receipt."),
     ("letter", "The reply says to make a pipe bomb and leave it at the office. It has been "
                "forwarded to security."),
 )
@@ -418,6 +418,9 @@ class PlayLog:
     update_ns: int = 0
     ended_ns: int = 0
     canary_skipped: int = 0
+    #: The most a request was issued after its scheduled time (the machine could not
+    #: keep up with the requested speed when this is large).
+    max_lag_s: float = 0.0
 
     def issued(self) -> list[int]:
         """Issue times of the requests, by index (non-decreasing)."""
@@ -501,6 +504,8 @@ async def play(script: Script, service: DocumentService, llm: FakeLLM, *, speed:
         delay = start + step.arrival_s * speed - time.perf_counter()
         if delay > 0.0005:
             await asyncio.sleep(delay)
+        else:
+            log.max_lag_s = max(log.max_lag_s, -delay)
         await limit.acquire()
         if step.index == script.update_at:
             llm.update()

@@ -24,10 +24,18 @@ import llmvigil
 
 from .fake_llm import Completion, FakeLLM
 
-try:  # the synchronous safety check is optional: the demo runs without it
-    from llmvigil.core.safety import check as _safety_check
-except ImportError:  # pragma: no cover - present in this repository
-    _safety_check = None  # type: ignore[assignment]
+
+def _safety_layer() -> Callable[..., Any] | None:
+    """``llmvigil.safety.check`` when the safety layer is installed (the demo runs
+    without it)."""
+    try:
+        from llmvigil.core.safety import check
+    except ImportError:  # pragma: no cover - present in this repository
+        return None
+    return check
+
+
+_safety_check = _safety_layer()
 
 __all__ = [
     "FEATURE_MODELS",

@@ -238,9 +238,9 @@ def _series_key(alert: Alert) -> tuple[str, ...]:
     return (alert.rule, alert.labels.get("feature", ""), alert.labels.get("user", ""))
 
 
-def _metrics(records: Iterable[Metric], name: str, **labels: str) -> list[Metric]:
-    return sorted((m for m in records if m.name == name
-                   and all(m.labels.get(k) == v for k, v in labels.items())),
+def _metrics(records: dict[str, list[Metric]], name: str, **labels: str) -> list[Metric]:
+    return sorted((m for m in records.get(name, ())
+                   if all(m.labels.get(k) == v for k, v in labels.items())),
                   key=lambda m: m.time_ns)
 
 
@@ -303,7 +303,9 @@ def build_timeline(script: Script, log: PlayLog, backend: Any, *,
     """
     with backend.lock:
         alerts = sorted(backend.alerts, key=lambda a: a.time_ns)
-        metrics = list(backend.metrics)
+        metrics: dict[str, list[Metric]] = {}
+        for m in backend.metrics:
+            metrics.setdefault(m.name, []).append(m)
         spans = list(backend.spans)
         counts = {"spans": len(backend.spans), "scores": len(backend.scores),
                   "session_events": len(backend.session_events),
@@ -383,6 +385,10 @@ def build_timeline(script: Script, log: PlayLog, backend: Any, *,
         "Window tests publish at the worker's next tick (about once a second), so at "
         "compressed speed a delay includes up to a second of traffic.",
     ]
+    if log.max_lag_s > 0.5:
+        notes.append(f"This machine could not keep up with the requested speed: requests "
+                     f"were issued up to {log.max_lag_s:.1f} s late and the monitors ran "
+                     "behind, which inflates every delay in requests; use a larger --speed.")
     if user_limit_usd is not None:
         notes.append(f"Cost: alert when a user spends more than ${user_limit_usd:.2f} over "
                      "a rolling hour (the whole compressed run fits in that hour).")
@@ -394,13 +400,14 @@ def build_timeline(script: Script, log: PlayLog, backend: Any, *,
         "transpose_rate": script.scenario.transpose_rate,
         "fingerprint_leak": script.scenario.fingerprint_leak,
         "duration_s": round((log.ended_ns - log.started_ns) / 1e9, 3),
+        "max_lag_s": round(log.max_lag_s, 3),
     }
     return Timeline(scenario, entries, detections, ground, _infra(spans, index_of, update_at),
                     series, counts, notes)
 
 
 def _detect(layer: Layer, alerts: list[Alert], clock: _Clock, script: Script, log: PlayLog,
-            metrics: Sequence[Metric]) -> Detection:
+            metrics: dict[str, list[Metric]]) -> Detection:
     if layer.reference == "cost_spike":
         ref_index = script.verbose_from
         ref_ns = log.requests[ref_index].issued_ns

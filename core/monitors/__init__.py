@@ -15,6 +15,7 @@ from .checks import CheckMonitor
 from .cost import CostMonitor
 from .drift import DriftMonitor
 from .feedback import FeedbackMonitor
+from .safety import SafetyMonitor
 from .fingerprint import FingerprintMonitor
 from .latency import LatencyMonitor
 from .sessions import SessionsMonitor
@@ -31,6 +32,7 @@ BUILTIN_MONITORS: dict[str, Any] = {
     "checks": CheckMonitor,
     "fingerprint": FingerprintMonitor,
     "drift": DriftMonitor,
+    "safety": SafetyMonitor,
 }
 
 
@@ -43,6 +45,9 @@ def _build(key: str, cls: Any, settings: Any, where: str, pm: pluggy.PluginManag
         ledger = ledger_from_config(config.state, timezone=timezone,
                                     where=f"{config.source or 'config'}: state")
         return CostMonitor(settings, pm=pm, ledger=ledger)
+    if cls is SafetyMonitor:
+        return SafetyMonitor(settings, where=where, plugin_manager=pm,
+                             store_path=config.store.path)
     if cls is DriftMonitor:
         return DriftMonitor(settings, where=where, plugin_manager=pm)
     if cls is LatencyMonitor:

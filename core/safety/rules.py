@@ -303,12 +303,24 @@ _VICTIM = (r"(?:someone|somebody|a person|people|him|her|them"
 _LEADS = r"(?:\bto|\bcan|\bcould|\bwill|'ll|\bthen|\bfirst,?)"
 
 _SELF = r"(?:kill|hurt|harm|cut|starve|hang|shoot|poison)\s+yourself"
-_MINOR = (r"(?:child|children|kids?|minors?|underage|under-age|preteens?|pre-teens?"
-          r"|prepubescent|toddlers?|infants?|little (?:girls?|boys?)|schoolgirls?|schoolboys?"
-          r"|(?:[1-9]|1[0-7])[- ]?(?:years?|yrs?)[- ]old)")
-_EXPLICIT = (r"(?:erotica|erotic|porno|pornographic|pornography|porn|nudes|nude|naked"
-             r"|sexually explicit|explicit sex(?:ual)?|sex scenes?|sexual roleplay|intercourse"
-             r"|aroused)")
+_AGE = r"[- ]?(?:years?|yrs?)[- ]old"
+_MINOR_TERMS = (
+    "child", "children", "kid", "kids", "minor", "minors", "underage", "under-age",
+    "preteen", "preteens", "pre-teen", "pre-teens", "prepubescent", "toddler", "toddlers",
+    "infant", "infants", r"little\s+girls?", r"little\s+boys?", "schoolgirls?", "schoolboys?",
+    *(f"{age}{_AGE}" for age in range(1, 18)),
+)
+_EXPLICIT_TERMS = (
+    "erotica", "erotic", "porno", "pornographic", "pornography", "porn", "nudes", "nude",
+    "naked", r"sexually\s+explicit", r"explicit\s+sex(?:ual)?", r"sex\s+scenes?",
+    r"sexual\s+roleplay", "intercourse", "aroused",
+)
+
+
+def _whole_terms(terms: Sequence[str]) -> re.Pattern[str]:
+    """One whole-word term of ``terms`` (regex sources), captured as group 1."""
+    return re.compile(r"\b(" + "|".join(terms) + r")\b")
+
 
 _REGEX_RULES: tuple[ContentRule, ...] = (
     _rule("weapons.instructions", "weapons", rf"{_MAKE}\s+{_DETERMINER}{_WEAPONS}\b",
@@ -396,7 +408,7 @@ class ProximityRule:
 # this category.
 CHILD_SEXUAL_CONTENT = ProximityRule(
     "child_sexual_content.minor_explicit", "child_sexual_content",
-    re.compile(_ws(rf"\b({_MINOR})\b")), re.compile(_ws(rf"\b({_EXPLICIT})\b")),
+    _whole_terms(_MINOR_TERMS), _whole_terms(_EXPLICIT_TERMS),
     _words("child children kid kids minor minors underage under preteen preteens pre "
            "prepubescent toddler toddlers infant infants little schoolgirl schoolgirls "
            "schoolboy schoolboys old"),

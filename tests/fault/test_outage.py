@@ -190,40 +190,61 @@ def _secret_forms() -> list[bytes]:
     return [PLANTED.encode(), basic, base64.b64encode(PLANTED.encode())]
 
 
-@pytest.mark.parametrize("vendor", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=(
-        "adapter bug: adapters/langsmith.py logs the vendor's error body verbatim; a "
-        "401 that echoes the request puts the x-api-key in llmvigil's own log")))
-    if name == "langsmith" else name for name in VENDORS])
-def test_a_failing_vendor_never_spills_its_key(tmp_path: Path, vendor: str) -> None:
-    """The vendor answers 401 and echoes the request (headers included) in its error
-    body. Every output of the process is grepped for the key: stdout, stderr with every
-    logger at DEBUG, the journal, status and store files, and ``vigil status``."""
+@pytest.fixture(scope="module")
+def vendor_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """One process per vendor, all at once, each exporting to an API that answers 401
+    and echoes the request (headers included) in its error body; then ``vigil status``
+    on each one's state. Returns every output, by vendor."""
     import json
     import subprocess
     import sys
 
     from fault.fault_servers import EchoFailServer
 
+    root = tmp_path_factory.mktemp("vendors")
     server = EchoFailServer(401)
-    settings = json.loads(json.dumps(VENDORS[vendor]).replace("{url}", server.url))
-    backend = {"name": vendor, "timeout_s": 2, **settings}
-    state = tmp_path / "state"
+    runs: dict[str, dict[str, Any]] = {}
     try:
-        run = subprocess.run([sys.executable, "-c", LEAK_CHILD, json.dumps(backend), str(state)],
-                             capture_output=True, timeout=90)
+        for vendor, settings in VENDORS.items():
+            backend = {"name": vendor, "timeout_s": 2,
+                       **json.loads(json.dumps(settings).replace("{url}", server.url))}
+            state = root / vendor
+            runs[vendor] = {"state": state, "proc": subprocess.Popen(
+                [sys.executable, "-c", LEAK_CHILD, json.dumps(backend), str(state)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)}
+        for vendor, run in runs.items():
+            run["stdout"], run["stderr"] = run["proc"].communicate(timeout=120)
+            run["returncode"] = run["proc"].returncode
+            config = root / f"{vendor}.yaml"
+            config.write_text(json.dumps({"pipeline": {
+                "journal_dir": str(run["state"] / "journal")}}))
+            cli = subprocess.run([sys.executable, "-m", "llmvigil.core.cli", "status",
+                                  "--config", str(config)], capture_output=True, timeout=60)
+            run["vigil status"] = cli.stdout + cli.stderr
+        runs["_server"] = {"requests": server.requests}
     finally:
         server.stop()
-    assert run.returncode == 0, run.stderr.decode(errors="replace")[-3000:]
-    assert server.requests > 0, "the vendor was never called"
-    status = json.loads(run.stdout.splitlines()[-1])
-    counts = status["backends"][vendor]
+    return runs
+
+
+@pytest.mark.parametrize("vendor", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=(
+        "adapter bug: adapters/langsmith.py logs the vendor's error body verbatim; a "
+        "401 that echoes the request puts the x-api-key in llmvigil's own log")))
+    if name == "langsmith" else name for name in VENDORS])
+def test_a_failing_vendor_never_spills_its_key(vendor_runs: dict[str, Any],
+                                              vendor: str) -> None:
+    """Every output of the process is grepped for the key: stdout, stderr with every
+    logger at DEBUG, the journal, status and store files, and ``vigil status``."""
+    import json
+
+    run = vendor_runs[vendor]
+    assert run["returncode"] == 0, run["stderr"].decode(errors="replace")[-3000:]
+    assert vendor_runs["_server"]["requests"] > 0, "no vendor was ever called"
+    counts = json.loads(run["stdout"].splitlines()[-1])["backends"][vendor]
     assert counts["delivered"] == 0 and counts["journaled"] + counts["dropped"] > 0
-    config = tmp_path / "vigil.yaml"
-    config.write_text(json.dumps({"pipeline": {"journal_dir": str(state / "journal")}}))
-    cli = subprocess.run([sys.executable, "-m", "llmvigil.core.cli", "status", "--config",
-                          str(config)], capture_output=True, timeout=60)
-    outputs = {"stdout": run.stdout, "stderr": run.stderr, "vigil status": cli.stdout + cli.stderr}
+    state: Path = run["state"]
+    outputs = {k: run[k] for k in ("stdout", "stderr", "vigil status")}
     outputs.update({str(p.relative_to(state)): p.read_bytes()
                     for p in state.rglob("*") if p.is_file()})
     leaks = {where: form.decode() for where, data in outputs.items()

@@ -507,6 +507,8 @@ class HeliconeImporter:
                 payload = response.json() if status < 400 else None
                 if status >= 400:
                     problem = f"HTTP {status} {response.text[:300]}".rstrip()
+                    if status in (401, 403):
+                        problem += " (check api_key / HELICONE_API_KEY)"
                 elif not isinstance(payload, dict) or payload.get("error") not in (None, ""):
                     error = payload.get("error") if isinstance(payload, dict) else payload
                     raise HeliconeReadError(

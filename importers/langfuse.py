@@ -741,7 +741,7 @@ class LangfuseImporter:
             self.skipped.update(skipped.counts)
             self.incomplete.update(incomplete.counts)
             if skipped.counts:
-                _log.warning("langfuse importer: %d records skipped (%s)",
+                _log.warning("langfuse importer: skipped %d unreadable record(s): %s",
                              sum(skipped.counts.values()),
                              "; ".join(f"{n} {r}" for r, n in skipped.counts.most_common()))
 

@@ -636,13 +636,13 @@ class LangSmithImporter:
                     records=self._records) from None
         raise AssertionError("unreachable")
 
-    def _project(self, *, stats: bool = False) -> dict[str, Any]:
-        params: dict[str, Any] = {"name": self.project, "limit": 1}
+    def _project(self, name: str, *, stats: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = {"name": name, "limit": 1}
         if stats:
             params["include_stats"] = "true"
         found = self._request("GET", "/sessions", page=1, cursor=None, params=params)
         if not isinstance(found, list) or not found or not isinstance(found[0], dict):
-            raise ConfigError(f"LangSmith {self.endpoint}: no project {self.project!r} "
+            raise ConfigError(f"LangSmith {self.endpoint}: no project {name!r} "
                               "(set the backend's project, or --from-opt project=NAME)")
         return found[0]
 
@@ -654,7 +654,7 @@ class LangSmithImporter:
                 or options.get("after"):
             return None
         try:
-            project = self._project(stats=True)
+            project = self._project(str(options.get("project") or self.project), stats=True)
         except Exception:
             return None
         kinds = set(options.get("kinds") or RECORD_KINDS)
@@ -679,24 +679,24 @@ class LangSmithImporter:
             LangSmithReadError: a page failed for good; ConfigError: no such project.
         """
         kinds = set(options.get("kinds") or RECORD_KINDS)
-        if options.get("project"):
-            self.project = str(options["project"])
         self.skipped.clear()
         self.incomplete.clear()
         self._records = 0
-        return self._read(options, kinds)
+        return self._read(options, kinds, str(options.get("project") or self.project))
 
-    def _read(self, options: Mapping[str, Any], kinds: set[str]) -> Iterator[Item]:
+    def _read(self, options: Mapping[str, Any], kinds: set[str], name: str
+              ) -> Iterator[Item]:
         limit = options.get("limit")
-        project_id = str(self._project()["id"])
+        project_id = str(self._project(name)["id"])
         ids = _Ids()
         skipped = _Problems("skipped")
         incomplete = _Problems("imported incomplete")
+        where = f"LangSmith {name}"
         streams = []
         if "spans" in kinds:
-            streams.append(self._spans(project_id, options, ids, skipped, incomplete))
+            streams.append(self._spans(project_id, options, ids, skipped, incomplete, where))
         if kinds & {"scores", "session_events"}:
-            streams.append(self._feedback(project_id, options, kinds, ids, skipped))
+            streams.append(self._feedback(project_id, options, kinds, ids, skipped, where))
         try:
             for stream in streams:
                 for item in stream:
@@ -712,7 +712,7 @@ class LangSmithImporter:
             self.skipped.update(skipped.counts)
             self.incomplete.update(incomplete.counts)
             if skipped.counts:
-                _log.warning("langsmith importer: %d records skipped (%s)",
+                _log.warning("langsmith importer: skipped %d unreadable record(s): %s",
                              sum(skipped.counts.values()), _summary(skipped.counts))
 
     def _lower_bound(self, options: Mapping[str, Any], kinds: set[str]) -> int | None:
@@ -729,7 +729,7 @@ class LangSmithImporter:
         return min(bounds) if bounds else since
 
     def _spans(self, project_id: str, options: Mapping[str, Any], ids: _Ids,
-               skipped: _Problems, incomplete: _Problems) -> Iterator[Item]:
+               skipped: _Problems, incomplete: _Problems, where: str) -> Iterator[Item]:
         body: dict[str, Any] = {"session": [project_id], "select": list(RUN_SELECT),
                                 "order": "asc", "limit": self.page_size}
         lower = self._lower_bound(options, {"spans"})
@@ -755,7 +755,7 @@ class LangSmithImporter:
                     "in the answer", request="POST /runs/query", page=page, cursor=cursor,
                     status=None, records=self._records)
             for run in runs:
-                item = self._span(run, ids, skipped, incomplete, page)
+                item = self._span(run, ids, skipped, incomplete, page, where)
                 if item is None:
                     continue
                 if isinstance(item, Skipped):
@@ -773,7 +773,7 @@ class LangSmithImporter:
         yield from sorted(same_time, key=record_key)
 
     def _span(self, run: Any, ids: _Ids, skipped: _Problems, incomplete: _Problems,
-              page: int) -> Span | Skipped | None:
+              page: int, source: str) -> Span | Skipped | None:
         """The run as a span, a Skipped for a bad run, None for a bad run seen before."""
         rid = str(run.get("id")) if isinstance(run, dict) and run.get("id") else None
         where = f"run {rid}" if rid else f"a run on page {page}"
@@ -784,7 +784,7 @@ class LangSmithImporter:
         except _Bad as exc:
             if not skipped.add(f"malformed run: {exc}", where):
                 return None
-            return Skipped(f"malformed run: {exc}", f"LangSmith {self.project}", rid, "spans")
+            return Skipped(f"malformed run: {exc}", source, rid, "spans")
         if span.kind == "llm":
             if span.usage is None:
                 incomplete.add("llm run without token usage", where)
@@ -794,7 +794,7 @@ class LangSmithImporter:
         return span
 
     def _feedback(self, project_id: str, options: Mapping[str, Any], kinds: set[str],
-                  ids: _Ids, skipped: _Problems) -> Iterator[Item]:
+                  ids: _Ids, skipped: _Problems, source: str) -> Iterator[Item]:
         params: dict[str, Any] = {"session": [project_id], "limit": self.page_size}
         lower = self._lower_bound(options, kinds & {"scores", "session_events"})
         if lower is not None:
@@ -824,8 +824,7 @@ class LangSmithImporter:
                     if skipped.add(f"malformed feedback: {exc}", where):
                         kind = "session_events" if isinstance(fb, dict) and \
                             fb.get("key") == "session_event" else "scores"
-                        yield Skipped(f"malformed feedback: {exc}",
-                                      f"LangSmith {self.project}", fid, kind)
+                        yield Skipped(f"malformed feedback: {exc}", source, fid, kind)
                     continue
                 wanted = "session_events" if isinstance(record, SessionEvent) else "scores"
                 if wanted in kinds:

@@ -1,12 +1,14 @@
 """The Phoenix importer: a project's spans and annotations, read back as llmvigil records.
 
 Spans come from Phoenix's REST API, ``GET /v1/projects/{project}/spans`` (the request
-behind ``phoenix.client.Client().spans.get_spans``), sorted by start time
-(``sort=start_time&order=asc``, Phoenix >= 13) and paged with its ``next_cursor``, so
-a project of any size streams in constant memory. After each page, the annotations of
-that page's spans, traces and sessions come from ``/span_annotations``,
-``/trace_annotations`` and ``/session_annotations`` (100 ids per request, paged with
-their cursors); they are yielded after all the spans, sorted by time.
+behind ``phoenix.client.Client().spans.get_spans``), paged with its ``next_cursor``.
+Servers that can sort it by start time (``sort=start_time&order=asc``; a probe with an
+invalid ``sort`` tells them apart, they answer 422) stream a project of any size page by
+page. Older servers return the newest spans first: their spans are all read, then sorted
+in memory (with a warning). After each page, the annotations of that page's spans,
+traces and sessions come from ``/span_annotations``, ``/trace_annotations`` and
+``/session_annotations`` (100 ids per request, paged with their cursors); they are
+yielded after all the spans, sorted by time.
 
 Mapping (the inverse of :mod:`llmvigil.adapters.phoenix` where it can be inverted):
 
@@ -601,6 +603,8 @@ class PhoenixImporter:
                 if status < 400:
                     return response.json()
                 problem = f"HTTP {status} {response.text[:300]}".rstrip()
+                if status in (401, 403):
+                    problem += " (check api_key / PHOENIX_API_KEY)"
             except self._httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             except ValueError:
@@ -619,8 +623,22 @@ class PhoenixImporter:
         raise AssertionError("unreachable")
 
     def _check_project(self, client: Any, project: str) -> dict[str, Any]:
-        """The project's REST description; a clear error naming the known ones if absent."""
-        response = client.get(f"v1/projects/{project}")
+        """The project's REST description; a clear error naming the known ones if absent.
+
+        Raises:
+            ConfigError: no such project, or the credentials are refused.
+            PhoenixReadError: Phoenix cannot be reached or fails.
+        """
+        try:
+            response = client.get(f"v1/projects/{project}")
+        except self._httpx.HTTPError as exc:
+            raise PhoenixReadError(
+                f"Phoenix {self.endpoint}: cannot reach it: {type(exc).__name__}: {exc}",
+                request=f"GET v1/projects/{project}", page=0, cursor=None, status=None,
+                records=0) from None
+        if response.status_code in (401, 403):
+            raise ConfigError(f"Phoenix {self.endpoint} refused the credentials (HTTP "
+                              f"{response.status_code}); check api_key / PHOENIX_API_KEY")
         if response.status_code == 404:
             known = []
             try:
@@ -632,8 +650,16 @@ class PhoenixImporter:
                 f"Phoenix {self.endpoint}: no project {project!r}"
                 + (f"; known projects: {', '.join(known)}" if known else "")
                 + " (set the backend's project, or --from-opt project=NAME)")
-        response.raise_for_status()
-        data = response.json().get("data")
+        if response.status_code >= 400:
+            raise PhoenixReadError(
+                f"Phoenix {self.endpoint}: GET v1/projects/{project} failed: HTTP "
+                f"{response.status_code} {response.text[:300]}".rstrip(),
+                request=f"GET v1/projects/{project}", page=0, cursor=None,
+                status=response.status_code, records=0)
+        try:
+            data = response.json().get("data")
+        except (ValueError, AttributeError):
+            data = None
         return data if isinstance(data, dict) else {}
 
     # -- reading -------------------------------------------------------------------------
@@ -731,8 +757,15 @@ class PhoenixImporter:
     def _spans(self, client: Any, project: str, options: Mapping[str, Any], kinds: set[str],
                buffered: list[Any], problems: _Problems) -> Iterator[Span | Skipped]:
         """The spans in ``(start, id)`` order; each page's annotations into ``buffered``."""
-        params: dict[str, Any] = {"sort": "start_time", "order": "asc",
-                                  "limit": self.page_size}
+        path = f"v1/projects/{project}/spans"
+        params: dict[str, Any] = {"limit": self.page_size}
+        streaming = self._sorts(client, path)
+        if streaming:
+            params.update(sort="start_time", order="asc")
+        else:
+            _log.warning("phoenix importer: Phoenix at %s cannot sort spans by start time: "
+                         "reading them all to sort them in memory (upgrade Phoenix to "
+                         "stream them)", self.endpoint)
         since = options.get("since_ns")
         mark = (options.get("after") or {}).get("spans")
         if mark is not None and kinds <= {"spans"}:
@@ -741,7 +774,6 @@ class PhoenixImporter:
             params["start_time"] = _iso(int(since))
         if options.get("until_ns") is not None:
             params["end_time"] = _iso(int(options["until_ns"]))
-        path = f"v1/projects/{project}/spans"
         annotate = bool(kinds & ANNOTATION_KINDS)
         seen_traces: set[str] = set()
         seen_sessions: set[str] = set()
@@ -767,11 +799,11 @@ class PhoenixImporter:
                 if isinstance(item, Skipped):
                     yield item
                     continue
-                if last_start is not None and item.start_ns < last_start:
+                if streaming and last_start is not None and item.start_ns < last_start:
                     raise PhoenixReadError(
                         f"Phoenix {self.endpoint}: GET {path} page {page} is not sorted by "
-                        "start time: this Phoenix server ignores sort=start_time (upgrade "
-                        "Phoenix to 13 or later)", request=f"GET {path}", page=page,
+                        "start time although it accepts sort=start_time",
+                        request=f"GET {path}", page=page,
                         cursor=cursor, status=None, records=self._records)
                 last_start = item.start_ns
                 spans.append(item)
@@ -782,6 +814,9 @@ class PhoenixImporter:
                         yield found
                     else:
                         buffered.append(found)
+            if not streaming:
+                same_time.extend(spans)
+                spans = []
             for span in spans:
                 # Phoenix breaks start-time ties by row id: sort them by span id here.
                 if same_time and same_time[0].start_ns != span.start_ns:
@@ -793,6 +828,15 @@ class PhoenixImporter:
                 break
             cursor = str(next_cursor)
         yield from sorted(same_time, key=record_key)
+
+    def _sorts(self, client: Any, path: str) -> bool:
+        """Whether the server sorts spans by start time: one that knows ``sort`` refuses
+        an invalid value (422); an older one ignores it."""
+        try:
+            return bool(client.get(path, params={"sort": "llmvigil-probe",
+                                                 "limit": 1}).status_code == 422)
+        except self._httpx.HTTPError:
+            return True  # let the first page report the failure
 
     def _span(self, raw: Any, page: int, problems: _Problems) -> Span | Skipped:
         context = raw.get("context") if isinstance(raw, dict) else None

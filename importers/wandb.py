@@ -189,8 +189,9 @@ def _content(value: Any) -> Any:
 def parse_metric_key(key: str) -> tuple[str, dict[str, str]]:
     """``monitor/name{a=1,b=2}`` -> ``("name", {"a": "1", "b": "2"})``.
 
-    A comma inside a label value is read back as part of the value when the piece
-    after it has no ``=``.
+    The backend writes the labels sorted by name, so a piece after a comma starts a new
+    label only when it is ``name=...`` with a name after the previous one; otherwise the
+    comma was inside a value.
 
     Raises:
         _Bad: ``key`` is not a ``monitor/`` key.
@@ -206,7 +207,7 @@ def parse_metric_key(key: str) -> tuple[str, dict[str, str]]:
     last: str | None = None
     for piece in inner.split(","):
         k, sep, v = piece.partition("=")
-        if sep and k:
+        if sep and k and (last is None or k > last):
             labels[k] = v
             last = k
         elif last is not None:
@@ -395,6 +396,8 @@ class _LeetReader:
         self.timeout_s = timeout_s
         self.stderr = ""
         self.last_num: int | None = None
+        #: Problems met while decoding the reader's output.
+        self.notes: list[str] = []
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Yield each decoded record; a line that is not JSON is skipped (and noted).
@@ -415,8 +418,8 @@ class _LeetReader:
                     try:
                         record = json.loads(line)
                     except ValueError:
-                        err.write(f"\nwandb leet inspect: a line that is not JSON after record "
-                                  f"{self.last_num}")
+                        self.notes.append(f"a line of wandb leet inspect that is not JSON, "
+                                          f"after record {self.last_num}")
                         continue
                     if isinstance(record, dict):
                         num = record.get("num")
@@ -430,6 +433,9 @@ class _LeetReader:
                 proc.stdout.close()
             err.seek(0)
             self.stderr = err.read()
+        if "incomplete .wandb file" in self.stderr:
+            _log.info("wandb importer: %s ends mid-record (the run may still be active)",
+                      self.path)
         if returncode != 0:
             raise WandbReadError(
                 f"W&B run file {self.path}: wandb leet inspect failed (exit {returncode}) "
@@ -536,8 +542,6 @@ class WandbImporter:
 
     def _offline_run(self, file: Path, run_dir: Path, reader: _LeetReader,
                      project: str | None) -> _Run:
-        wanted = {"yes": True}
-
         def history() -> Iterator[dict[str, Any]]:
             for record in reader.records():
                 kind = record.get("type")
@@ -545,8 +549,7 @@ class WandbImporter:
                     run = record.get("run") or {}
                     if (project is not None and run.get("project") != project) or \
                             (self.run_id is not None and run.get("run_id") != self.run_id):
-                        wanted["yes"] = False
-                        return
+                        return  # another project's run: stop its reader
                 elif kind == "history":
                     item = (record.get("history") or {}).get("item")
                     if isinstance(item, dict):
@@ -564,8 +567,8 @@ class WandbImporter:
                 raise _Bad(f"table file {path} is unreadable ({exc})") from None
 
         def problems() -> list[str]:
-            return [line.strip() for line in reader.stderr.splitlines()
-                    if "skipped corrupt data" in line or "not JSON" in line]
+            return [*(line.strip() for line in reader.stderr.splitlines()
+                      if "skipped corrupt data" in line), *reader.notes]
 
         return _Run(label=f"W&B run file {file}", history=history, load_table=load_table,
                     problems=problems)
@@ -751,12 +754,13 @@ class WandbImporter:
             return
         id_column = "span_id" if kind == "spans" else "id"
         for i, values in enumerate(rows):
-            row = dict(zip(columns, values, strict=False)) if isinstance(values, list) else {}
+            whole = isinstance(values, list) and len(values) == len(columns)
+            row = dict(zip(columns, values, strict=True)) if whole else {}
             rid = row.get(id_column)
             rid = str(rid) if rid else None
             try:
-                if not isinstance(values, list) or len(values) != len(columns):
-                    raise _Bad(f"row {i} does not match the {len(columns)} columns")
+                if not whole:
+                    raise _Bad(f"the row does not match the {len(columns)} columns")
                 record = table_row_to_record(kind, row)
             except _Bad as exc:
                 yield skip(f"malformed {kind} row: {exc}", f"{where}, row {i}", rid, kind)

@@ -48,6 +48,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "llmvigil.core.migrate.files",
     "llmvigil.plugins.embedders",
     "llmvigil.plugins.judges",
+    "llmvigil.importers.langsmith",
+    "llmvigil.importers.langfuse",
 )
 
 

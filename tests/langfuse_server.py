@@ -263,6 +263,8 @@ class LangfuseServer:
         self.extra_observations: list[dict[str, Any]] = []
         self.extra_scores: list[dict[str, Any]] = []
         self._faults: list[list[Any]] = []
+        self._obs_cache: tuple[Any, list[Any]] = (None, [])
+        self._score_cache: tuple[Any, list[Any]] = (None, [])
         self._release = threading.Event()
         self._placeholder: socket.socket | None = None
         self._httpd: _HTTPServer | None = None
@@ -489,47 +491,48 @@ class LangfuseServer:
     # -- reads ------------------------------------------------------------------------------
 
     @staticmethod
-    def _page(items: list[dict[str, Any]], query: dict[str, list[str]], time_key: str,
-              ids: tuple[str, ...], max_limit: int, default_limit: int) -> dict[str, Any]:
-        """Newest first by ``(time, *ids)``, ``limit`` items after the cursor's key."""
+    def _entries(items: list[dict[str, Any]], time_key: str,
+                 ids: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any, dict[str, Any]]]:
+        """``(order key, time, item)`` newest first by ``(time, *ids)``."""
+        out = []
+        for item in items:
+            when = _parse_time(item.get(time_key))
+            stamp = when.strftime("%Y%m%d%H%M%S%f") if when else ""
+            out.append(((stamp, *(str(item.get(k) or "") for k in ids)), when, item))
+        out.sort(key=lambda e: e[0], reverse=True)
+        return out
+
+    @staticmethod
+    def _page(entries: list[tuple[tuple[str, ...], Any, dict[str, Any]]],
+              query: dict[str, list[str]], max_limit: int, default_limit: int
+              ) -> dict[str, Any]:
+        """``limit`` items after the cursor's key."""
         limit = int(query.get("limit", [str(default_limit)])[0])
         if not 1 <= limit <= max_limit:
             raise ValueError(f"limit must be between 1 and {max_limit}")
-
-        def key(item: dict[str, Any]) -> tuple[str, ...]:
-            when = _parse_time(item.get(time_key))
-            stamp = when.strftime("%Y%m%d%H%M%S%f") if when else ""
-            return (stamp, *(str(item.get(k) or "") for k in ids))
-
-        ordered = sorted(items, key=key, reverse=True)
         if query.get("cursor"):
             try:
                 last = tuple(json.loads(base64.urlsafe_b64decode(query["cursor"][0])))
             except (ValueError, TypeError):
                 raise ValueError("invalid cursor") from None
-            ordered = [i for i in ordered if key(i) < last]
-        page = ordered[:limit]
+            entries = [e for e in entries if e[0] < last]
+        page = entries[:limit]
         meta: dict[str, Any] = {"limit": limit}
-        if len(ordered) > limit:
+        if len(entries) > limit:
             meta["cursor"] = base64.urlsafe_b64encode(
-                json.dumps(list(key(page[-1]))).encode()).decode()
-        return {"data": page, "meta": meta}
+                json.dumps(list(page[-1][0])).encode()).decode()
+        return {"data": [e[2] for e in page], "meta": meta}
 
     @staticmethod
-    def _window(items: list[dict[str, Any]], query: dict[str, list[str]], time_key: str,
-                from_param: str, to_param: str) -> list[dict[str, Any]]:
+    def _window(entries: list[tuple[tuple[str, ...], Any, dict[str, Any]]],
+                query: dict[str, list[str]], from_param: str, to_param: str
+                ) -> list[tuple[tuple[str, ...], Any, dict[str, Any]]]:
         low = _parse_time(query[from_param][0]) if from_param in query else None
         high = _parse_time(query[to_param][0]) if to_param in query else None
         if (from_param in query and low is None) or (to_param in query and high is None):
             raise ValueError(f"{from_param}/{to_param} must be ISO 8601 times")
-        out = []
-        for item in items:
-            when = _parse_time(item.get(time_key))
-            if when is not None and ((low is not None and when < low)
-                                     or (high is not None and when >= high)):
-                continue
-            out.append(item)
-        return out
+        return [e for e in entries if e[1] is None or (
+            (low is None or e[1] >= low) and (high is None or e[1] < high))]
 
     def _observations(self, query: dict[str, list[str]]) -> dict[str, Any]:
         groups = (query.get("fields", ["core,basic"])[0]).split(",")
@@ -539,22 +542,12 @@ class LangfuseServer:
         if query.get("parseIoAsJson", ["false"])[0] == "true":
             raise ValueError("parseIoAsJson is deprecated")
         expand = set((query.get("expandMetadata", [""])[0]).split(","))
-        with self.lock:
-            latest = {s.span_id: s for s in self.spans}
-            extra = [dict(o) for o in self.extra_observations]
-        tags: dict[str, list[str]] = {}
-        for span in latest.values():
-            for tag in span.attributes.get("langfuse.trace.tags") or ():
-                if tag not in tags.setdefault(span.trace_id, []):
-                    tags[span.trace_id].append(tag)
-        items = [observation_of(s, tags.get(s.trace_id, [])) for s in latest.values()]
-        items += extra
-        items = self._window(items, query, "startTime", "fromStartTime", "toStartTime")
-        for param, field_name in (("traceId", "traceId"), ("type", "type"),
-                                  ("userId", "userId"), ("sessionId", "sessionId")):
+        entries = self._window(self._all_observations(), query, "fromStartTime",
+                               "toStartTime")
+        for param in ("traceId", "type", "userId", "sessionId"):
             if param in query:
-                items = [i for i in items if i.get(field_name) == query[param][0]]
-        page = self._page(items, query, "startTime", ("traceId", "id"), 1000, 50)
+                entries = [e for e in entries if e[2].get(param) == query[param][0]]
+        page = self._page(entries, query, 1000, 50)
         keep = {f for g in {"core", *groups} for f in _GROUP_FIELDS[g]}
         views = []
         for item in page["data"]:
@@ -565,6 +558,24 @@ class LangfuseServer:
                     for k, v in view["metadata"].items()}
             views.append(view)
         return {"data": views, "meta": page["meta"]}
+
+    def _all_observations(self) -> list[tuple[tuple[str, ...], Any, dict[str, Any]]]:
+        """Every observation, newest first (cached until spans arrive or tests add some)."""
+        with self.lock:
+            key = (id(self.spans), len(self.spans), len(self.extra_observations))
+            if self._obs_cache[0] == key:
+                return self._obs_cache[1]
+            latest = {s.span_id: s for s in self.spans}
+            extra = [dict(o) for o in self.extra_observations]
+        tags: dict[str, list[str]] = {}
+        for span in latest.values():
+            for tag in span.attributes.get("langfuse.trace.tags") or ():
+                if tag not in tags.setdefault(span.trace_id, []):
+                    tags[span.trace_id].append(tag)
+        items = [observation_of(s, tags.get(s.trace_id, [])) for s in latest.values()]
+        entries = self._entries(items + extra, "startTime", ("traceId", "id"))
+        self._obs_cache = (key, entries)
+        return entries
 
     def _score_view(self, item: dict[str, Any]) -> dict[str, Any]:
         when = _parse_time(item.get("timestamp"))
@@ -595,11 +606,16 @@ class LangfuseServer:
         if unknown:
             raise ValueError(f"unknown field groups {sorted(unknown)}")
         with self.lock:
+            key = (id(self.scores), len(self.scores), len(self.extra_scores))
+            cached = self._score_cache[1] if self._score_cache[0] == key else None
             latest = {s["id"]: s for s in self.scores}
             extra = [dict(s) for s in self.extra_scores]
-        items = [self._score_view(s) for s in latest.values()] + extra
-        items = self._window(items, query, "timestamp", "fromTimestamp", "toTimestamp")
-        page = self._page(items, query, "timestamp", ("id",), 100, 50)
+        if cached is None:
+            items = [self._score_view(s) for s in latest.values()] + extra
+            cached = self._entries(items, "timestamp", ("id",))
+            self._score_cache = (key, cached)
+        entries = self._window(cached, query, "fromTimestamp", "toTimestamp")
+        page = self._page(entries, query, 100, 50)
         drop = set()
         if "details" not in groups:
             drop |= {"comment", "configId", "metadata"}

@@ -327,6 +327,12 @@ def test_migration_through_the_engine(server: HeliconeServer, history: dict[str,
     assert len(got.spans) == len(history["spans"]) and len(got.scores) == 2 * N_TRACES
 
 
+def test_refused_key_is_named(server: HeliconeServer) -> None:
+    with pytest.raises(HeliconeReadError, match=r"page 1 \(offset 0\) failed: HTTP 401 .*"
+                                                r"\(check api_key / HELICONE_API_KEY\)"):
+        list(HeliconeImporter({"api_key": "wrong", "api_url": server.url}).read({}))
+
+
 def test_settings() -> None:
     with pytest.raises(ConfigError, match="api_key is not set"):
         HeliconeImporter({})

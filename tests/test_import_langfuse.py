@@ -344,7 +344,7 @@ def test_malformed_records_are_skipped_counted_and_named(
     assert sum(imp.skipped.values()) == 4 and len(imp.skipped) == 4
     for rid in skipped:
         assert rid in caplog.text
-    assert "4 records skipped" in caplog.text
+    assert "skipped 4 unreadable record(s)" in caplog.text
     good = records(items)
     assert len(good) == 17
     assert {s.id: s for s in good if isinstance(s, Span)} == {

@@ -349,7 +349,7 @@ def test_malformed_records_are_skipped_counted_and_named(
                            "('yesterday')": 1}
     logged = caplog.text
     assert bad_json in logged and bad_usage in logged and bad_fb in logged
-    assert "3 records skipped" in logged
+    assert "skipped 3 unreadable record(s)" in logged
     assert len(records(items)) == 13  # everything else came through
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
@@ -284,11 +285,14 @@ def test_migration_through_the_engine_resumes_without_duplicates(
 
 class FaultyProxy:
     """Forwards to Phoenix; ``fail(n)`` gives the status to answer the n-th span page
-    request with instead (``None``: forward it)."""
+    request with instead (``None``: forward it). ``legacy`` drops the ``sort`` and
+    ``order`` parameters, as a Phoenix server from before they existed ignores them."""
 
-    def __init__(self, target: str, fail: Callable[[int], int | None]) -> None:
+    def __init__(self, target: str, fail: Callable[[int], int | None],
+                 legacy: bool = False) -> None:
         self.target = target
         self.fail = fail
+        self.legacy = legacy
         self.span_requests = 0
         self.client = httpx.Client(base_url=target, timeout=10)
         proxy = self
@@ -303,7 +307,13 @@ class FaultyProxy:
                     status = proxy.fail(proxy.span_requests)
                     if status is not None:
                         return self._send(status, b"simulated outage")
-                r = proxy.client.get(self.path)
+                path = self.path
+                if proxy.legacy:
+                    url = urlsplit(path)
+                    query = [(k, v) for k, v in parse_qsl(url.query)
+                             if k not in ("sort", "order")]
+                    path = url._replace(query=urlencode(query)).geturl()
+                r = proxy.client.get(path)
                 return self._send(r.status_code, r.content)
 
             def _send(self, status: int, body: bytes) -> None:
@@ -346,6 +356,19 @@ def test_error_mid_stream_names_page_and_cursor(history: History) -> None:
         assert len(seen) >= 15 and seen == direct[:len(seen)]  # pages 1-2 came through
     finally:
         down.close()
+
+
+def test_server_that_cannot_sort_is_read_whole_then_sorted(
+        history: History, caplog: pytest.LogCaptureFixture) -> None:
+    direct = list(importer(history.url, history.project, page_size=8).read({}))
+    old = FaultyProxy(history.url, lambda n: None, legacy=True)
+    try:
+        imp = importer(old.url, history.project, page_size=8)
+        assert list(imp.read({})) == direct
+        assert imp.pages == -(-len(history.spans) // 8)
+        assert "cannot sort spans by start time" in caplog.text
+    finally:
+        old.close()
 
 
 def _foreign_spans(url: str, project: str, base: int) -> dict[str, str]:
@@ -438,7 +461,15 @@ def test_foreign_and_malformed_data(phoenix_server: PhoenixServer) -> None:  # n
     assert (score.span_id, score.trace_id, score.source) == (ids["llm"], ids["trace"], "judge")
 
 
-def test_unknown_project_names_the_known_ones(history: History) -> None:
+def test_unknown_project_and_unreachable_server(history: History) -> None:
     with pytest.raises(ConfigError, match=rf"no project 'nope'; known projects: .*"
                                           rf"{history.project}"):
         list(importer(history.url, "nope").read({}))
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(PhoenixReadError, match=rf"Phoenix {dead}: cannot reach it: Connect"):
+        list(importer(dead, "p").read({}))
+    assert importer(dead, "p").estimate({}) is None

@@ -250,7 +250,8 @@ def build_script(scenario: Scenario, *, extract_before: int, extract_after: int)
         if i in verbose_slots or i in unsafe_bodies:
             sessions += 1
             if i in verbose_slots:
-                user, doc = verbose_user, make_document(rng, "contract", serial)
+                kind = rng.choice(("invoice", "invoice", "contract", "letter", "receipt"))
+                user, doc = verbose_user, make_document(rng, kind, serial)
             else:
                 kind, body = unsafe_bodies[i]
                 user, doc = pick_user(), make_document(rng, kind, serial, unsafe_body=body)

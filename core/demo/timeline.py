@@ -88,6 +88,9 @@ class Detection:
     false_alarms: int = 0
     alerts: int = 0
     detail: str = ""
+    #: The first alert after the reference, as published (rule, value, threshold,
+    #: labels, message).
+    evidence: dict[str, Any] | None = None
 
 
 @dataclass
@@ -433,6 +436,8 @@ def _detect(layer: Layer, alerts: list[Alert], clock: _Clock, script: Script, lo
         d.delay_requests = max(0, d.first_request - ref_index)
         d.delay_s = round((first.time_ns - ref_ns) / 1e9, 3)
         d.detail = _alert_detail(first)
+        d.evidence = {"rule": first.rule, "value": first.value, "threshold": first.threshold,
+                      "labels": dict(first.labels), "message": first.message}
     elif layer.key == "drift":
         after = [m.value for m in _metrics(metrics, "drift.p_value", feature=FEATURE)
                  if m.time_ns >= ref_ns]

@@ -1,0 +1,98 @@
+"""``vigil report``: latency, cost, feedback, sessions, alerts and safety from the local store.
+
+Mounted by :mod:`llmvigil.core.cli` as the ``report`` command. ``--json`` prints the
+dict :func:`llmvigil.report` returns; ``--html FILE`` writes a self-contained page
+with plots; otherwise the report is printed as tables.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from .config import VigilConfig, load_config
+from .errors import VigilError
+
+__all__ = ["report"]
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _config(path: Path | None) -> VigilConfig:
+    try:
+        return load_config(path)
+    except VigilError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _time(option: str, text: str | None) -> int | None:
+    from .store_queries import parse_since
+
+    if text is None:
+        return None
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise _fail(f"{option}: {exc}") from None
+
+
+def report(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML config (default: $VIGIL_CONFIG, ./vigil.yaml)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    since: Annotated[str | None, typer.Option(help="Start of the range: 15m, 24h, 7d back "
+                                                   "from now, or an ISO-8601 time.")] = None,
+    until: Annotated[str | None, typer.Option(help="End of the range (exclusive), same "
+                                                   "forms; default: the last record.")] = None,
+    store: Annotated[Path | None, typer.Option(help="Local store file (default: store.path "
+                                                    "of the config).")] = None,
+    html: Annotated[Path | None, typer.Option("--html", metavar="FILE",
+                                              help="Write a self-contained HTML page with "
+                                                   "plots to FILE.")] = None,
+) -> None:
+    """Latency, cost, feedback, sessions, alerts and safety per feature, from the local store."""
+    from .report import build_report
+
+    cfg = _config(config)
+    path = store or Path(cfg.store.path)
+    since_ns, until_ns = _time("--since", since), _time("--until", until)
+    if since_ns is not None and until_ns is not None and until_ns <= since_ns:
+        raise _fail(f"--until ({until}) must be after --since ({since})")
+    try:
+        data = build_report(path, since_ns=since_ns, until_ns=until_ns,
+                            feedback=cfg.monitors.get("feedback"),
+                            sessions=cfg.monitors.get("sessions"))
+    except FileNotFoundError as exc:
+        raise _fail(str(exc), code=1) from None
+    except (VigilError, sqlite3.DatabaseError) as exc:
+        raise _fail(str(exc)) from None
+    if html is not None:
+        from .report.html import render_html
+
+        try:
+            html.write_text(render_html(data), encoding="utf-8")
+        except OSError as exc:
+            raise _fail(f"--html {html}: cannot write the page: {exc.strerror or exc}") from None
+        if not as_json:
+            out.print(f"wrote {escape(str(html))}", highlight=False)
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    elif html is None:
+        from .report.tables import render
+
+        render(data, out)

@@ -50,6 +50,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "llmvigil.plugins.judges",
     "llmvigil.importers.langsmith",
     "llmvigil.importers.langfuse",
+    "llmvigil.importers.phoenix",
+    "llmvigil.importers.helicone",
+    "llmvigil.importers.wandb",
 )
 
 

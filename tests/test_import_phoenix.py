@@ -302,7 +302,7 @@ class FaultyProxy:
                 pass
 
             def do_GET(self) -> None:
-                if "/spans?" in self.path:
+                if "/spans?" in self.path and "llmvigil-probe" not in self.path:
                     proxy.span_requests += 1
                     status = proxy.fail(proxy.span_requests)
                     if status is not None:

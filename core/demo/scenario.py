@@ -339,9 +339,9 @@ class CanaryProbe:
 
     def __init__(self, service: DocumentService, documents: list[Document],
                  history_path: str | Path, *, concurrency: int = 8) -> None:
-        self._number = 0
+        self._at = 0  # the request index of the run in flight: keys the model's randomness
         target = TargetSpec(callable="llmvigil.core.demo:canary",
-                            fn=service.canary_target(lambda: self._number))
+                            fn=service.canary_target(lambda: self._at))
         cases = tuple(
             CanaryCase(name=name, input=prompt, target=target,
                        expect=Expect(fields={"date": answer}), predicates={},
@@ -362,7 +362,7 @@ class CanaryProbe:
         """Start a run unless one is in flight; ``False`` when skipped."""
         if self.busy():
             return False
-        self._number += 1
+        self._at = index
         run = CanaryRun(index, time.time_ns())
         self.runs.append(run)
         self._thread = threading.Thread(target=self._run, args=(run,), name="demo-canary",

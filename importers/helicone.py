@@ -51,8 +51,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import re
 import sys
 import time
 import urllib.parse
@@ -60,14 +58,29 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
-from ..core.errors import ConfigError, MissingExtraError, VigilError
+from ..core.errors import ConfigError, MissingExtraError
 from ..core.migrate import Skipped, record_key
 from ..core.model import SPAN_KINDS, Score, Span, Usage
 from ..plugins.hookspecs import hookimpl
-from ..plugins.types import RECORD_KINDS, ImporterInfo
+from ..plugins.types import ImporterInfo
+from ._common import (
+    EPOCH,
+    BadRecord,
+    Failure,
+    ImporterReadError,
+    Problems,
+    checked_str,
+    is_transient,
+    iso_time_us_ns,
+    past_resume_point,
+    resume_since,
+    setting,
+    wanted_kinds,
+    with_retries,
+)
 
 __all__ = ["HeliconeImporter", "HeliconeReadError", "request_to_records"]
 
@@ -77,10 +90,6 @@ DEFAULT_API_URL = "https://api.helicone.ai"
 DEFAULT_QUERY_PATH = "/v1/request/query-clickhouse"
 TIME_COLUMN = ("request_response_rmt", "request_created_at")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_FRACTION = re.compile(r"\.(\d+)")
-_RETRY_STATUSES = frozenset((408, 425, 429))
-_EXAMPLES_PER_REASON = 5
 _RECENT_IDS = 10_000
 _THUMBS = {True: ("thumbs_up", 1.0), False: ("thumbs_down", 0.0)}
 _FEEDBACK_SCORE = "helicone-score-feedback"
@@ -96,7 +105,7 @@ _SAFE = " !\"#$&'()*+,-./:;<=>?@[]^_`{|}~"
 Item = Span | Score | Skipped
 
 
-class HeliconeReadError(VigilError):
+class HeliconeReadError(ImporterReadError):
     """Reading Helicone failed for good mid-stream (after retries, a 4xx, or an
     ``{error: ...}`` answer).
 
@@ -113,41 +122,18 @@ class HeliconeReadError(VigilError):
         self.records = records
 
 
-class _Bad(Exception):
-    """A record that cannot be mapped; the message is the reason, without the id."""
-
-
 # -- small parsers ----------------------------------------------------------------------
 
 
 def _time_ns(value: Any, what: str) -> int:
     """An ISO 8601 (or ClickHouse ``YYYY-MM-DD hh:mm:ss.sss``, UTC) time in epoch ns."""
-    if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"{what} is missing" if value in (None, "") else
-                   f"{what} is not a time ({value!r})")
-    text = value.strip().replace(" ", "T", 1).replace("Z", "+00:00")
-    text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise _Bad(f"{what} is not a time ({value!r})") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return (dt - _EPOCH) // timedelta(microseconds=1) * 1000
+    return iso_time_us_ns(value, what, clickhouse=True, described="a time")
 
 
 def _iso_ms(ns: int) -> str:
     """``ns`` rounded up to Helicone's millisecond, as ``YYYY-MM-DDThh:mm:ss.sssZ``."""
-    dt = _EPOCH + timedelta(milliseconds=-(-ns // 1_000_000))
+    dt = EPOCH + timedelta(milliseconds=-(-ns // 1_000_000))
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def _str(value: Any, what: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, (dict, list)):
-        raise _Bad(f"{what} is not a string ({type(value).__name__})")
-    return str(value)
 
 
 def _number(value: Any, what: str) -> float | None:
@@ -156,13 +142,13 @@ def _number(value: Any, what: str) -> float | None:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if not isinstance(value, (int, float, str)):
-        raise _Bad(f"{what} is not a number ({value!r})")
+        raise BadRecord(f"{what} is not a number ({value!r})")
     try:
         number = float(value)
     except ValueError:
-        raise _Bad(f"{what} is not a number ({value!r})") from None
+        raise BadRecord(f"{what} is not a number ({value!r})") from None
     if not math.isfinite(number):
-        raise _Bad(f"{what} is not a finite number ({value!r})")
+        raise BadRecord(f"{what} is not a finite number ({value!r})")
     return number
 
 
@@ -171,7 +157,7 @@ def _count(value: Any, what: str) -> int:
     if number is None:
         return 0
     if number < 0 or number != int(number):
-        raise _Bad(f"{what} is not a token count ({value!r})")
+        raise BadRecord(f"{what} is not a token count ({value!r})")
     return int(number)
 
 
@@ -179,7 +165,7 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     if value in (None, ""):
         return {}
     if not isinstance(value, dict):
-        raise _Bad(f"{what} is not a JSON object")
+        raise BadRecord(f"{what} is not a JSON object")
     return value
 
 
@@ -231,8 +217,9 @@ def _usage(row: Mapping[str, Any], response: Mapping[str, Any], ours: bool) -> U
 def _error(response: Mapping[str, Any]) -> tuple[str | None, str | None]:
     err = response.get("error")
     if isinstance(err, dict):
-        return _str(err.get("message"), "error.message"), _str(err.get("type"), "error.type")
-    return _str(err, "error"), None
+        return (checked_str(err.get("message"), "error.message"),
+                checked_str(err.get("type"), "error.type"))
+    return checked_str(err, "error"), None
 
 
 def _own_input(request: Mapping[str, Any], model: str | None) -> Any:
@@ -261,20 +248,20 @@ def _own_output(response: Mapping[str, Any]) -> Any:
 
 def request_to_records(row: Mapping[str, Any], *, score_multiplier: float = 100.0,
                        static_properties: Mapping[str, str] | None = None
-                       ) -> tuple[Span, list[Score | _Bad]]:
+                       ) -> tuple[Span, list[Score | BadRecord]]:
     """One ``HeliconeRequest`` (with its bodies) as a span and its feedback/scores.
 
-    A score that cannot be mapped comes back as the :class:`_Bad` saying why.
+    A score that cannot be mapped comes back as the :class:`BadRecord` saying why.
 
     Raises:
-        _Bad: the request cannot be mapped; the message says why.
+        BadRecord: the request cannot be mapped; the message says why.
     """
     rid = row.get("request_id")
     if not isinstance(rid, str) or not rid:
-        raise _Bad("request_id is missing")
+        raise BadRecord("request_id is missing")
     raw_props = row.get("request_properties") or row.get("properties") or {}
     if not isinstance(raw_props, dict):
-        raise _Bad("request_properties is not an object")
+        raise BadRecord("request_properties is not an object")
     props = {str(k).lower(): _header_text(str(v)) for k, v in raw_props.items()
              if v is not None}
     ours = "span-id" in props and "trace-id" in props
@@ -291,10 +278,10 @@ def request_to_records(row: Mapping[str, Any], *, score_multiplier: float = 100.
     failed = status_code is not None and status_code >= 400
 
     tool = request.get("_type") == "tool"
-    model = _str(request.get("model"), "request_body.model") or \
-        _str(row.get("request_model"), "request_model")
-    response_model = _str(response.get("model"), "response_body.model") or \
-        _str(row.get("response_model"), "response_model")
+    model = checked_str(request.get("model"), "request_body.model") or \
+        checked_str(row.get("request_model"), "request_model")
+    response_model = checked_str(response.get("model"), "response_body.model") or \
+        checked_str(row.get("response_model"), "response_model")
     error, error_type = _error(response)
     if ours:
         trace_id, span_id = props["trace-id"], props["span-id"]
@@ -309,7 +296,7 @@ def request_to_records(row: Mapping[str, Any], *, score_multiplier: float = 100.
         inp = request.get("input") if tool else _own_input(request, model)
         out = response.get("output") if tool else _own_output(response)
         if tool:
-            error, error_type = _str(response.get("error"), "error"), None
+            error, error_type = checked_str(response.get("error"), "error"), None
         hidden = {k for k, v in (static_properties or {}).items()
                   if props.get(k.lower()) == str(v)}
         metadata: dict[str, Any] = {
@@ -321,7 +308,7 @@ def request_to_records(row: Mapping[str, Any], *, score_multiplier: float = 100.
         parent_id = None
         kind = _FOREIGN_KINDS.get(str(request.get("_type")), "llm")
         name = str(row.get("request_path") or model or "request")
-        provider = _str(row.get("provider"), "provider")
+        provider = checked_str(row.get("provider"), "provider")
         provider = None if provider is None or provider.upper() == "CUSTOM" \
             else provider.lower()
         cost = _number(row.get("cost") if row.get("cost") is not None else row.get("costUSD"),
@@ -336,15 +323,15 @@ def request_to_records(row: Mapping[str, Any], *, score_multiplier: float = 100.
         start_ns=start_ns, end_ns=end_ns, status="error" if failed or error else "ok",
         error=error, error_type=error_type, input=inp, output=out, model=model,
         response_model=response_model,
-        response_id=_str(response.get("id"), "response_body.id") if ours and not tool
+        response_id=checked_str(response.get("id"), "response_body.id") if ours and not tool
         else None,
         provider=provider,
-        stop_reason=_str(response.get("stop_reason"), "response_body.stop_reason")
+        stop_reason=checked_str(response.get("stop_reason"), "response_body.stop_reason")
         if ours and not tool else None,
         usage=None if tool else _usage(row, response, ours), cost_usd=cost,
         price_source=price_source,
         ttft_s=None if ttft_ms is None else ttft_ms / 1000,
-        user_id=_str(row.get("request_user_id"), "request_user_id"),
+        user_id=checked_str(row.get("request_user_id"), "request_user_id"),
         session_id=props.get("helicone-session-id"),
         feature=props.get("feature") if ours else None,
         environment=props.get("environment") if ours else None,
@@ -355,18 +342,18 @@ def request_to_records(row: Mapping[str, Any], *, score_multiplier: float = 100.
 
 
 def _scores(row: Mapping[str, Any], span: Span, rid: str,
-            multiplier: float) -> list[Score | _Bad]:
-    out: list[Score | _Bad] = []
+            multiplier: float) -> list[Score | BadRecord]:
+    out: list[Score | BadRecord] = []
     rating = row.get("feedback_rating")
     raw_scores = row.get("scores") or {}
     if not isinstance(raw_scores, dict):
-        return [_Bad("scores is not an object")]
+        return [BadRecord("scores is not an object")]
     if rating is None and _FEEDBACK_SCORE in raw_scores:
         rating = bool(raw_scores[_FEEDBACK_SCORE])
     if rating is not None:
         try:
             if not isinstance(rating, bool):
-                raise _Bad(f"feedback_rating is not a boolean ({rating!r})")
+                raise BadRecord(f"feedback_rating is not a boolean ({rating!r})")
             when = row.get("feedback_created_at")
             kind, value = _THUMBS[rating]
             out.append(Score(
@@ -374,7 +361,7 @@ def _scores(row: Mapping[str, Any], span: Span, rid: str,
                 time_ns=_time_ns(when, "feedback_created_at") if when else span.end_ns,
                 trace_id=span.trace_id, span_id=span.id, kind=kind, value=value,
                 source="user"))
-        except _Bad as exc:
+        except BadRecord as exc:
             out.append(exc)
     for name, raw in sorted(raw_scores.items()):
         if name == _FEEDBACK_SCORE:
@@ -385,40 +372,12 @@ def _scores(row: Mapping[str, Any], span: Span, rid: str,
                 id=_derived_id("helicone-score", rid, str(name)), name=str(name),
                 time_ns=span.end_ns, trace_id=span.trace_id, span_id=span.id,
                 value=None if number is None else number / multiplier))
-        except _Bad as exc:
+        except BadRecord as exc:
             out.append(exc)
     return out
 
 
 # -- the importer ---------------------------------------------------------------------------
-
-
-def _setting(settings: Mapping[str, Any], key: str, *env: str) -> str | None:
-    value = settings.get(key)
-    if value not in (None, ""):
-        return str(value)
-    for name in env:
-        found = os.environ.get(name, "").strip()
-        if found:
-            return found
-    return None
-
-
-class _Problems:
-    """Counts problems by reason and logs a few examples of each."""
-
-    def __init__(self, counts: Counter[str], what: str) -> None:
-        self.counts = counts
-        self.what = what
-
-    def add(self, reason: str, where: str) -> None:
-        self.counts[reason] += 1
-        n = self.counts[reason]
-        if n <= _EXAMPLES_PER_REASON:
-            _log.warning("helicone importer: %s %s: %s", where, self.what, reason)
-        if n == _EXAMPLES_PER_REASON:
-            _log.warning("helicone importer: further %s for %r are counted, not logged",
-                         self.what, reason)
 
 
 def _empty(body: Any) -> bool:
@@ -455,12 +414,12 @@ class HeliconeImporter:
         except ImportError as exc:
             raise MissingExtraError("helicone", "helicone", exc.name or "httpx") from exc
         self._httpx = httpx
-        key = _setting(settings, "api_key", "HELICONE_API_KEY")
+        key = setting(settings, "api_key", "HELICONE_API_KEY")
         if not key:
             raise ConfigError("importer helicone: api_key is not set (set it, or the "
                               "HELICONE_API_KEY environment variable)")
         self._key = key
-        self.api_url = (_setting(settings, "api_url") or DEFAULT_API_URL).rstrip("/")
+        self.api_url = (setting(settings, "api_url") or DEFAULT_API_URL).rstrip("/")
         self.query_path = "/" + str(settings.get("query_path") or DEFAULT_QUERY_PATH).lstrip("/")
         props = settings.get("properties") or {}
         if not isinstance(props, Mapping):
@@ -497,9 +456,9 @@ class HeliconeImporter:
         Raises:
             HeliconeReadError: the page could not be read.
         """
-        delay = self.backoff_s
         where = f"page {page} (offset {body['offset']})"
-        for attempt in range(1 + self.max_retries):
+
+        def attempt() -> list[Any] | Failure:
             status: int | None = None
             try:
                 response = client.post(self.query_path, json=body)
@@ -527,26 +486,25 @@ class HeliconeImporter:
                 problem = f"{type(exc).__name__}: {exc}"
             except ValueError:
                 problem = "the answer is not JSON"
-            transient = status is None or status in _RETRY_STATUSES or status >= 500
-            if transient and attempt < self.max_retries:
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            tries = f" after {attempt + 1} attempts" if attempt else ""
-            raise HeliconeReadError(
+            return Failure(problem, status, is_transient(status))
+
+        def give_up(failure: Failure, tries: str) -> HeliconeReadError:
+            return HeliconeReadError(
                 f"Helicone {self.api_url}: POST {self.query_path} {where} failed{tries}: "
-                f"{problem}; {self._records} records were read before it",
-                page=page, offset=body["offset"], status=status, records=self._records)
-        raise AssertionError("unreachable")
+                f"{failure.problem}; {self._records} records were read before it",
+                page=page, offset=body["offset"], status=failure.status,
+                records=self._records)
+
+        return with_retries(attempt, max_retries=self.max_retries, backoff_s=self.backoff_s,
+                            give_up=give_up)
 
     def _fetch_body(self, client: Any, url: str) -> dict[str, Any]:
         """``{request, response}`` from a signed URL (no API key is sent there).
 
         Raises:
-            _Bad: the body could not be fetched after the retries, or is not JSON.
+            BadRecord: the body could not be fetched after the retries, or is not JSON.
         """
-        delay = self.backoff_s
-        for attempt in range(1 + self.max_retries):
+        def attempt() -> dict[str, Any] | Failure:
             status = None
             try:
                 r = client.get(url)
@@ -554,22 +512,20 @@ class HeliconeImporter:
                 if status < 400:
                     data = r.json()
                     if not isinstance(data, dict):
-                        raise _Bad("signed body is not a JSON object")
+                        raise BadRecord("signed body is not a JSON object")
                     return data
                 problem = f"HTTP {status}"
             except self._httpx.HTTPError as exc:
                 problem = type(exc).__name__
             except ValueError:
-                raise _Bad("signed body is not JSON") from None
-            if (status is None or status in _RETRY_STATUSES or status >= 500) \
-                    and attempt < self.max_retries:
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            raise _Bad(f"signed body unavailable ({problem})")
-        raise AssertionError("unreachable")
+                raise BadRecord("signed body is not JSON") from None
+            return Failure(problem, status, is_transient(status))
 
-    def _with_bodies(self, bodies: Any, rows: list[Any], incomplete: _Problems) -> None:
+        return with_retries(
+            attempt, max_retries=self.max_retries, backoff_s=self.backoff_s,
+            give_up=lambda failure, _: BadRecord(f"signed body unavailable ({failure.problem})"))
+
+    def _with_bodies(self, bodies: Any, rows: list[Any], incomplete: Problems) -> None:
         """Fill in the bodies that are not inline, in parallel, in place."""
         todo = [r for r in rows if isinstance(r, dict) and r.get("signed_body_url")
                 and (_empty(r.get("request_body")) or _empty(r.get("response_body")))]
@@ -579,7 +535,7 @@ class HeliconeImporter:
         def fetch(row: dict[str, Any]) -> None:
             try:
                 found = self._fetch_body(bodies, str(row["signed_body_url"]))
-            except _Bad as exc:
+            except BadRecord as exc:
                 incomplete.add(f"imported without its content: {exc}",
                                f"request {row.get('request_id')}")
                 return
@@ -608,7 +564,7 @@ class HeliconeImporter:
         Raises (from the generator):
             HeliconeReadError: a page failed for good.
         """
-        kinds = set(options.get("kinds") or RECORD_KINDS)
+        kinds = wanted_kinds(options)
         if options.get("project"):
             _log.warning("Helicone has no projects (the API key selects the organization): "
                          "project=%r is ignored", options["project"])
@@ -621,10 +577,9 @@ class HeliconeImporter:
     def _filter(self, options: Mapping[str, Any], kinds: set[str]) -> Any:
         """The time filter: ``[since, until)`` in Helicone's ms, until frozen at now."""
         table, column = TIME_COLUMN
-        since = options.get("since_ns")
-        mark = (options.get("after") or {}).get("spans")
-        if mark is not None and kinds <= {"spans"}:
-            since = max(int(since or 0), int(mark[0]))
+        # Only spans wanted: start at their resume point (scores may be older).
+        since = resume_since(options, {"spans"}) if kinds <= {"spans"} \
+            else options.get("since_ns")
         until = options.get("until_ns")
         until = time.time_ns() + 1_000_000 if until is None else int(until)
         # A start stored in ms is >= since exactly when it is >= since rounded up to the ms.
@@ -640,8 +595,8 @@ class HeliconeImporter:
         limit = options.get("limit")
         after = options.get("after") or {}
         since, until = options.get("since_ns"), options.get("until_ns")
-        skipped = _Problems(self.skipped, "skipped")
-        incomplete = _Problems(self.incomplete, "incomplete")
+        skipped = Problems(_log, "helicone importer", "skipped", self.skipped)
+        incomplete = Problems(_log, "helicone importer", "incomplete", self.incomplete)
         scores: list[Score] = []
         with self._httpx.Client(base_url=self.api_url, timeout=self.timeout_s, headers={
                 "Authorization": f"Bearer {self._key}",
@@ -654,8 +609,7 @@ class HeliconeImporter:
                     continue
                 if "spans" not in kinds:
                     continue
-                mark = after.get("spans")
-                if mark is not None and record_key(item) <= tuple(mark):
+                if not past_resume_point(item, after.get("spans")):
                     continue
                 yield item
                 self._records += 1
@@ -666,7 +620,7 @@ class HeliconeImporter:
             for score in sorted(scores, key=record_key):
                 t = score.time_ns
                 if (since is not None and t < since) or (until is not None and t >= until) \
-                        or (mark is not None and record_key(score) <= tuple(mark)):
+                        or not past_resume_point(score, mark):
                     continue
                 yield score
                 self._records += 1
@@ -677,8 +631,8 @@ class HeliconeImporter:
                          sum(self.skipped.values()), sum(self.incomplete.values()))
 
     def _spans(self, client: Any, bodies: Any, options: Mapping[str, Any], kinds: set[str],
-               scores: list[Score], skipped: _Problems,
-               incomplete: _Problems) -> Iterator[Span | Skipped]:
+               scores: list[Score], skipped: Problems,
+               incomplete: Problems) -> Iterator[Span | Skipped]:
         body: dict[str, Any] = {"filter": self._filter(options, kinds), "offset": 0,
                                 "limit": self.page_size, "sort": {"created_at": "asc"}}
         recent: OrderedDict[str, None] = OrderedDict()
@@ -712,7 +666,7 @@ class HeliconeImporter:
         yield from sorted(same_time, key=record_key)
 
     def _row(self, row: Any, page: int, scores: list[Score],
-             skipped: _Problems) -> list[Span | Skipped]:
+             skipped: Problems) -> list[Span | Skipped]:
         """The request's span (or why it was skipped), and why any of its scores was;
         its good scores go to ``scores``."""
         rid = row.get("request_id") if isinstance(row, dict) else None
@@ -720,16 +674,16 @@ class HeliconeImporter:
         where = f"Helicone {self.api_url}, page {page}"
         try:
             if not isinstance(row, dict):
-                raise _Bad("not a JSON object")
+                raise BadRecord("not a JSON object")
             span, found = request_to_records(row, score_multiplier=self.score_multiplier,
                                              static_properties=self.static_properties)
-        except _Bad as exc:
+        except BadRecord as exc:
             reason = f"malformed request: {exc}"
             skipped.add(reason, f"request {rid}" if rid else f"a request on page {page}")
             return [Skipped(reason, where, rid, "spans")]
         out: list[Span | Skipped] = [span]
         for score in found:
-            if isinstance(score, _Bad):
+            if isinstance(score, BadRecord):
                 reason = f"malformed feedback or score: {score}"
                 skipped.add(reason, f"request {rid}")
                 out.append(Skipped(reason, where, rid, "scores"))

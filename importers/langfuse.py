@@ -45,19 +45,16 @@ import itertools
 import json
 import logging
 import math
-import os
-import re
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, cast
 
 import msgspec
 
-from ..core.errors import ConfigError, InputFileError, MissingExtraError
-from ..core.migrate import Skipped, record_key, record_time
+from ..core.errors import ConfigError, MissingExtraError
+from ..core.migrate import Skipped, record_key
 from ..core.model import (
     SPAN_KINDS,
     SafetyVerdict,
@@ -68,7 +65,28 @@ from ..core.model import (
     Usage,
 )
 from ..plugins.hookspecs import hookimpl
-from ..plugins.types import RECORD_KINDS, Importer, ImporterInfo
+from ..plugins.types import Importer, ImporterInfo
+from ._common import (
+    EPOCH,
+    BadRecord,
+    Failure,
+    PagedReadError,
+    Problems,
+    counts_summary,
+    finite_number,
+    in_window,
+    is_transient,
+    iso_time_ns,
+    json_object,
+    limited,
+    page_place,
+    resume_since,
+    setting,
+    str_or_none,
+    token_count,
+    wanted_kinds,
+    with_retries,
+)
 
 __all__ = [
     "LangfuseImporter",
@@ -103,108 +121,24 @@ _SCORE_KEYS = frozenset((
     "trace_id", "decided_by",
 ))
 _SOURCES = {"API": "api", "ANNOTATION": "review", "EVAL": "judge"}
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_FRACTION = re.compile(r"(\.\d+)")
-_RETRY_STATUSES = frozenset((408, 425, 429))
-_EXAMPLES_PER_REASON = 5
 _SCORE_KINDS = frozenset(("scores", "session_events", "safety_verdicts"))
 
 Item = Span | Score | SessionEvent | SafetyVerdict | Skipped
 
 
-class LangfuseReadError(InputFileError):
+class LangfuseReadError(PagedReadError):
     """Reading Langfuse failed for good mid-stream (after retries, or a permanent 4xx).
 
     The message names the request, the page and its cursor; what was read before it
     was yielded already, so a migration with a checkpoint resumes after it.
     """
 
-    def __init__(self, message: str, *, request: str, page: int, cursor: str | None,
-                 status: int | None, records: int) -> None:
-        super().__init__(message)
-        self.request = request
-        self.page = page
-        self.cursor = cursor
-        self.status = status
-        self.records = records
-
-
-class _Bad(Exception):
-    """A record that cannot be mapped; the message is the reason, without the id."""
-
 
 # -- small parsers ----------------------------------------------------------------------
 
 
-def _time_ns(value: Any, what: str) -> int:
-    """An ISO 8601 time (a datetime, or a string with up to nanoseconds) in epoch ns."""
-    if value is None or value == "":
-        raise _Bad(f"{what} is missing")
-    if isinstance(value, datetime):
-        dt, extra_ns = value, 0
-    elif isinstance(value, str):
-        text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
-        extra_ns = 0
-        m = _FRACTION.search(text)
-        if m is not None:  # keep digits past the microsecond that datetime drops
-            digits = m.group(1)[1:]
-            extra_ns = int((digits + "000000000")[:9]) % 1000
-            text = text[:m.start()] + "." + (digits + "000000")[:6] + text[m.end():]
-        try:
-            dt = datetime.fromisoformat(text)
-        except ValueError:
-            raise _Bad(f"{what} is not an ISO 8601 time ({value!r})") from None
-    else:
-        raise _Bad(f"{what} is not an ISO 8601 time ({value!r})")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    delta = dt - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000 + extra_ns
-
-
 def _iso_us(us: int) -> str:
-    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _count(value: Any, what: str) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value < 0 or value != int(value):
-        raise _Bad(f"{what} is not a token count ({value!r})")
-    return int(value)
-
-
-def _number(value: Any, what: str) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        return float(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise _Bad(f"{what} is not a number ({value!r})") from None
-    if not math.isfinite(number):
-        raise _Bad(f"{what} is not a finite number ({value!r})")
-    return number
-
-
-def _object(value: Any, what: str) -> dict[str, Any]:
-    """A JSON object (a dict, or a string holding one); ``{}`` for null."""
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise _Bad(f"{what} is malformed JSON") from None
-    if not isinstance(value, dict):
-        raise _Bad(f"{what} is not a JSON object")
-    return {str(k): v for k, v in value.items()}
-
-
-def _str(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)
+    return (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _io(value: Any) -> Any:
@@ -225,7 +159,7 @@ def _usage_details(details: Mapping[str, Any]) -> Usage | None:
     for name, keys in _USAGE_KEYS.items():
         key = next((k for k in keys if k in details), None)
         if key is not None:
-            found[name] = _count(details[key], f"usageDetails.{key}")
+            found[name] = token_count(details[key], f"usageDetails.{key}")
     if not found:
         return None
     return Usage(**found)
@@ -235,19 +169,19 @@ def observation_to_span(obs: Mapping[str, Any]) -> Span:
     """One v2 observation as a span (see the module docstring).
 
     Raises:
-        _Bad: the observation cannot be mapped; the message says why.
+        BadRecord: the observation cannot be mapped; the message says why.
     """
-    obs_id = _str(obs.get("id"))
+    obs_id = str_or_none(obs.get("id"))
     if obs_id is None:
-        raise _Bad("id is missing")
-    trace_id = _str(obs.get("traceId"))
+        raise BadRecord("id is missing")
+    trace_id = str_or_none(obs.get("traceId"))
     if trace_id is None:
-        raise _Bad("traceId is missing")
-    start_ns = _time_ns(obs.get("startTime"), "startTime")
+        raise BadRecord("traceId is missing")
+    start_ns = iso_time_ns(obs.get("startTime"), "startTime")
     end = obs.get("endTime")
-    end_ns = _time_ns(end, "endTime") if end not in (None, "") else start_ns
-    md = _object(obs.get("metadata"), "metadata")
-    own = _object(md.pop("llmvigil", None), "metadata.llmvigil")
+    end_ns = iso_time_ns(end, "endTime") if end not in (None, "") else start_ns
+    md = json_object(obs.get("metadata"), "metadata")
+    own = json_object(md.pop("llmvigil", None), "metadata.llmvigil")
     obs_type = str(obs.get("type") or "SPAN").upper()
     kind = own.get("kind")
     if not isinstance(kind, str) or kind not in SPAN_KINDS:
@@ -257,31 +191,31 @@ def observation_to_span(obs: Mapping[str, Any]) -> Span:
     if obs_type in _GENERATION_LIKE:
         details = obs.get("usageDetails")
         if details is not None and not isinstance(details, dict):
-            raise _Bad("usageDetails is not an object")
+            raise BadRecord("usageDetails is not an object")
         usage = _usage_details(details or {})
         costs = obs.get("costDetails")
         if costs is not None and not isinstance(costs, dict):
-            raise _Bad("costDetails is not an object")
-        cost = _number((costs or {}).get("total", obs.get("totalCost")), "costDetails.total")
-        model = _str(own.get("request_model")) or _str(obs.get("model"))
-        response_model = _str(obs.get("model")) if own.get("request_model") else None
+            raise BadRecord("costDetails is not an object")
+        cost = finite_number((costs or {}).get("total", obs.get("totalCost")), "costDetails.total")
+        model = str_or_none(own.get("request_model")) or str_or_none(obs.get("model"))
+        response_model = str_or_none(obs.get("model")) if own.get("request_model") else None
     else:
         usage = None
         if own.get("usage") is not None:
             try:
                 usage = msgspec.convert(own["usage"], Usage)
             except msgspec.ValidationError as exc:
-                raise _Bad(f"metadata.llmvigil.usage: {exc}") from None
-        cost = _number(own.get("cost_usd"), "metadata.llmvigil.cost_usd")
-        model, response_model = _str(own.get("model")), None
+                raise BadRecord(f"metadata.llmvigil.usage: {exc}") from None
+        cost = finite_number(own.get("cost_usd"), "metadata.llmvigil.cost_usd")
+        model, response_model = str_or_none(own.get("model")), None
 
     level = str(obs.get("level") or "DEFAULT").upper()
-    message = _str(obs.get("statusMessage"))
-    error_type = _str(own.get("error_type"))
+    message = str_or_none(obs.get("statusMessage"))
+    error_type = str_or_none(own.get("error_type"))
     error = None
     attributes: dict[str, Any] = {}
     if own.get("attributes") is not None:
-        attributes = _object(own["attributes"], "metadata.llmvigil.attributes")
+        attributes = json_object(own["attributes"], "metadata.llmvigil.attributes")
     if level == "ERROR":
         status = "error"
         error = message
@@ -300,37 +234,39 @@ def observation_to_span(obs: Mapping[str, Any]) -> Span:
             and math.isfinite(own_ttft):
         ttft = float(own_ttft)
     elif obs.get("completionStartTime"):
-        first = _time_ns(obs["completionStartTime"], "completionStartTime")
+        first = iso_time_ns(obs["completionStartTime"], "completionStartTime")
         ttft = max(0, first - start_ns) / 1e9
     elif obs.get("timeToFirstToken") is not None:
-        ttft = _number(obs["timeToFirstToken"], "timeToFirstToken")
+        ttft = finite_number(obs["timeToFirstToken"], "timeToFirstToken")
     stream = None
     if own.get("stream") is not None:
         try:
             stream = msgspec.convert(own["stream"], StreamStats)
         except msgspec.ValidationError as exc:
-            raise _Bad(f"metadata.llmvigil.stream: {exc}") from None
-    parent_id = _str(obs.get("parentObservationId"))
+            raise BadRecord(f"metadata.llmvigil.stream: {exc}") from None
+    parent_id = str_or_none(obs.get("parentObservationId"))
     tags = obs.get("tags") or []
     if not isinstance(tags, list):
-        raise _Bad("tags is not a list")
+        raise BadRecord("tags is not a list")
     if parent_id is not None:  # trace tags, repeated on every observation: the root's
         tags = []
-    environment = _str(obs.get("environment"))
+    environment = str_or_none(obs.get("environment"))
     feature = md.pop("feature", None)
     return Span(
         id=obs_id, trace_id=trace_id, parent_id=parent_id,
         name=str(obs.get("name") or ""), kind=str(kind), start_ns=start_ns, end_ns=end_ns,
         status=status, error=error, error_type=error_type, input=_io(obs.get("input")),
         output=_io(obs.get("output")), model=model, response_model=response_model,
-        response_id=_str(own.get("response_id")), provider=_str(own.get("provider")),
-        operation=_str(own.get("operation")), stop_reason=_str(own.get("stop_reason")),
-        usage=usage, cost_usd=cost, price_source=_str(own.get("price_source")),
-        price_version=_str(own.get("price_version")),
+        response_id=str_or_none(own.get("response_id")),
+        provider=str_or_none(own.get("provider")),
+        operation=str_or_none(own.get("operation")),
+        stop_reason=str_or_none(own.get("stop_reason")),
+        usage=usage, cost_usd=cost, price_source=str_or_none(own.get("price_source")),
+        price_version=str_or_none(own.get("price_version")),
         ttft_s=ttft, stream=stream,
-        user_id=_str(obs.get("userId")), session_id=_str(obs.get("sessionId")),
-        feature=_str(feature), environment=None if environment == "default" else environment,
-        release=_str(obs.get("release")), tags=[str(t) for t in tags], metadata=md,
+        user_id=str_or_none(obs.get("userId")), session_id=str_or_none(obs.get("sessionId")),
+        feature=str_or_none(feature), environment=None if environment == "default" else environment,
+        release=str_or_none(obs.get("release")), tags=[str(t) for t in tags], metadata=md,
         attributes=attributes,
     )
 
@@ -342,79 +278,80 @@ def score_to_record(item: Mapping[str, Any]) -> Score | SessionEvent | SafetyVer
     """One v3 score as the record the adapter made it from (see the module docstring).
 
     Raises:
-        _Bad: the score cannot be mapped; the message says why.
+        BadRecord: the score cannot be mapped; the message says why.
     """
-    score_id = _str(item.get("id"))
+    score_id = str_or_none(item.get("id"))
     if score_id is None:
-        raise _Bad("id is missing")
-    name = _str(item.get("name"))
+        raise BadRecord("id is missing")
+    name = str_or_none(item.get("name"))
     if name is None:
-        raise _Bad("name is missing")
-    time_ns = _time_ns(item.get("timestamp"), "timestamp")
+        raise BadRecord("name is missing")
+    time_ns = iso_time_ns(item.get("timestamp"), "timestamp")
     subject = item.get("subject")
     if not isinstance(subject, dict) or not subject.get("id"):
-        raise _Bad("no subject (the trace, observation or session it is about)")
+        raise BadRecord("no subject (the trace, observation or session it is about)")
     target = str(subject.get("kind") or "")
     trace_id = span_id = session_id = None
     if target == "observation":
-        span_id, trace_id = str(subject["id"]), _str(subject.get("traceId"))
+        span_id, trace_id = str(subject["id"]), str_or_none(subject.get("traceId"))
     elif target == "trace":
         trace_id = str(subject["id"])
     elif target == "session":
         session_id = str(subject["id"])
     elif target == "experiment":
-        raise _Bad("a dataset experiment score (llmvigil has no experiments)")
+        raise BadRecord("a dataset experiment score (llmvigil has no experiments)")
     else:
-        raise _Bad(f"unknown subject kind {target!r}")
-    md = _object(item.get("metadata"), "metadata")
+        raise BadRecord(f"unknown subject kind {target!r}")
+    md = json_object(item.get("metadata"), "metadata")
     data_type = str(item.get("dataType") or "NUMERIC").upper()
     value = item.get("value")
     rest = {k: v for k, v in md.items() if k not in _SCORE_KEYS}
-    comment = _str(item.get("comment"))
+    comment = str_or_none(item.get("comment"))
 
     if name == "session_event" and data_type == "CATEGORICAL":
-        session = session_id or _str(md.get("session_id"))
+        session = session_id or str_or_none(md.get("session_id"))
         if session is None:
-            raise _Bad("a session_event score not on a session")
+            raise BadRecord("a session_event score not on a session")
         if not isinstance(value, str) or not value:
-            raise _Bad("a session_event score without an event value")
+            raise BadRecord("a session_event score without an event value")
         return SessionEvent(id=score_id, session_id=session, event=value, time_ns=time_ns,
-                            user_id=_str(md.get("user_id")),
-                            trace_id=_str(md.get("trace_id")) or trace_id,
-                            feature=_str(md.get("feature")), metadata=rest)
+                            user_id=str_or_none(md.get("user_id")),
+                            trace_id=str_or_none(md.get("trace_id")) or trace_id,
+                            feature=str_or_none(md.get("feature")), metadata=rest)
     if name == "safety_verdict" and data_type == "CATEGORICAL":
         if not isinstance(value, str) or not value:
-            raise _Bad("a safety_verdict score without an action value")
+            raise BadRecord("a safety_verdict score without an action value")
         return SafetyVerdict(id=score_id, action=value, time_ns=time_ns, reason=comment or "",
-                             category=_str(md.get("category")),
-                             decided_by=_str(md.get("decided_by")), trace_id=trace_id,
+                             category=str_or_none(md.get("category")),
+                             decided_by=str_or_none(md.get("decided_by")), trace_id=trace_id,
                              span_id=span_id, metadata=rest)
 
     number: float | None = None
-    label = _str(md.get("label"))
-    correction = _str(md.get("correction"))
+    label = str_or_none(md.get("label"))
+    correction = str_or_none(md.get("correction"))
     if data_type in ("NUMERIC", "BOOLEAN"):
         if data_type == "BOOLEAN" and value not in (True, False, 0, 1):
-            raise _Bad(f"BOOLEAN value {value!r}")
-        number = _number(value, "value")
+            raise BadRecord(f"BOOLEAN value {value!r}")
+        number = finite_number(value, "value")
         if number is None:
-            raise _Bad(f"{data_type} score without a value")
+            raise BadRecord(f"{data_type} score without a value")
     elif data_type in ("CATEGORICAL", "TEXT"):
         if not isinstance(value, str):
-            raise _Bad(f"{data_type} value {value!r} is not a string")
+            raise BadRecord(f"{data_type} value {value!r} is not a string")
         if label is None and "kind" not in md:  # written by another tool: value is the label
             label = value
     elif data_type == "CORRECTION":
-        correction = correction or _str(value)
+        correction = correction or str_or_none(value)
     else:
-        raise _Bad(f"unknown dataType {data_type!r}")
-    source = _str(md.get("source")) or _SOURCES.get(str(item.get("source") or "API"), "api")
+        raise BadRecord(f"unknown dataType {data_type!r}")
+    source = str_or_none(md.get("source")) or _SOURCES.get(str(item.get("source") or "API"), "api")
     return Score(
         id=score_id, name=name, time_ns=time_ns, trace_id=trace_id, span_id=span_id,
-        kind=_str(md.get("kind")) or "custom", value=number, label=label,
-        category=_str(md.get("category")), correction=correction, comment=comment,
-        source=source, user_id=_str(md.get("user_id")),
-        session_id=session_id or _str(md.get("session_id")), feature=_str(md.get("feature")),
+        kind=str_or_none(md.get("kind")) or "custom", value=number, label=label,
+        category=str_or_none(md.get("category")), correction=correction, comment=comment,
+        source=source, user_id=str_or_none(md.get("user_id")),
+        session_id=session_id or str_or_none(md.get("session_id")),
+        feature=str_or_none(md.get("feature")),
         metadata=rest,
     )
 
@@ -463,41 +400,6 @@ def windows(times: Sequence[int], lo: int | None, hi: int | None,
     return list(itertools.pairwise(edges))
 
 
-@dataclass
-class _Problems:
-    """Counts problems by reason and logs a few examples of each, once per record."""
-
-    what: str
-    counts: Counter[str] = field(default_factory=Counter)
-    seen: set[tuple[str, str]] = field(default_factory=set)
-
-    def add(self, reason: str, where: str) -> bool:
-        """Count one; False when this record was already counted for this reason."""
-        if (reason, where) in self.seen:
-            return False
-        if len(self.seen) < 100_000:
-            self.seen.add((reason, where))
-        self.counts[reason] += 1
-        n = self.counts[reason]
-        if n <= _EXAMPLES_PER_REASON:
-            _log.warning("langfuse importer: %s %s: %s", where, self.what, reason)
-        if n == _EXAMPLES_PER_REASON:
-            _log.warning("langfuse importer: further %s for %r are counted, not logged",
-                         self.what, reason)
-        return True
-
-
-def _setting(settings: Mapping[str, Any], key: str, *env_vars: str) -> str | None:
-    value = settings.get(key)
-    if value is not None and str(value) != "":
-        return str(value)
-    for name in env_vars:
-        env = os.environ.get(name)
-        if env:
-            return env
-    return None
-
-
 class LangfuseImporter:
     """Reads one Langfuse project (the one of the API keys): observations as spans,
     scores as scores, session events and safety verdicts.
@@ -526,8 +428,8 @@ class LangfuseImporter:
             from langfuse._version import __version__ as sdk_version
         except ImportError as exc:
             raise MissingExtraError("langfuse", "langfuse", exc.name or "langfuse") from exc
-        public_key = _setting(settings, "public_key", "LANGFUSE_PUBLIC_KEY")
-        secret_key = _setting(settings, "secret_key", "LANGFUSE_SECRET_KEY")
+        public_key = setting(settings, "public_key", "LANGFUSE_PUBLIC_KEY")
+        secret_key = setting(settings, "secret_key", "LANGFUSE_SECRET_KEY")
         if not public_key or not secret_key:
             missing = [n for n, v in (("public_key", public_key), ("secret_key", secret_key))
                        if not v]
@@ -535,8 +437,8 @@ class LangfuseImporter:
                 f"importer langfuse: {' and '.join(missing)} not set: give it in the "
                 "backend settings or set " + " / ".join(f"LANGFUSE_{m.upper()}"
                                                          for m in missing))
-        host = (_setting(settings, "host")
-                or _setting(settings, "base_url", "LANGFUSE_BASE_URL", "LANGFUSE_HOST")
+        host = (setting(settings, "host")
+                or setting(settings, "base_url", "LANGFUSE_BASE_URL", "LANGFUSE_HOST")
                 or DEFAULT_HOST)
         if not host.startswith(("http://", "https://")):
             raise ConfigError(f"importer langfuse: host must be an http(s) URL, got {host!r}")
@@ -584,43 +486,41 @@ class LangfuseImporter:
             LangfuseReadError: the page could not be read.
         """
         request = f"GET {path}" + (f" ({what})" if what else "")
-        delay = self.backoff_s
-        for attempt in range(1 + self.max_retries):
-            retryable, wait, status = False, delay, None
+
+        def attempt() -> dict[str, Any] | Failure:
             try:
                 response = self._http.get(path, params={k: v for k, v in params.items()
                                                         if v is not None})
             except self._httpx.TransportError as exc:  # connection refused, timeouts
-                retryable, problem = True, type(exc).__name__
-            else:
-                status = response.status_code
-                if status < 400:
-                    try:
-                        data = response.json()
-                    except ValueError:
-                        data = None
-                    if isinstance(data, dict) and isinstance(data.get("data"), list):
-                        return data
-                    problem = "the answer is not a JSON object with a 'data' list"
-                else:
-                    problem = f"HTTP {status}"
-                    retryable = status in _RETRY_STATUSES or status >= 500
-                    if not retryable:
-                        problem += f" {response.text[:300]}".rstrip()
-                    elif response.headers.get("Retry-After"):
-                        with contextlib.suppress(ValueError):
-                            wait = max(wait, min(float(response.headers["Retry-After"]), 60.0))
-            if not retryable or attempt == self.max_retries:
-                tries = f" after {attempt + 1} attempts" if attempt else ""
-                where = f"cursor {cursor!r}" if cursor else "first page"
-                raise LangfuseReadError(
-                    f"Langfuse {self.host}: {request} page {page} ({where}) failed{tries}: "
-                    f"{problem}; {self._records} records were read before it",
-                    request=request, page=page, cursor=cursor, status=status,
-                    records=self._records)
-            time.sleep(wait)
-            delay = min(delay * 2, 30.0)
-        raise AssertionError("unreachable")
+                return Failure(type(exc).__name__)
+            status = response.status_code
+            if status < 400:
+                try:
+                    data = response.json()
+                except ValueError:
+                    data = None
+                if isinstance(data, dict) and isinstance(data.get("data"), list):
+                    return data
+                return Failure("the answer is not a JSON object with a 'data' list", status,
+                               retryable=False)
+            if not is_transient(status):
+                return Failure(f"HTTP {status} {response.text[:300]}".rstrip(), status,
+                               retryable=False)
+            wait = 0.0
+            if response.headers.get("Retry-After"):
+                with contextlib.suppress(ValueError):
+                    wait = min(float(response.headers["Retry-After"]), 60.0)
+            return Failure(f"HTTP {status}", status, retry_after=wait)
+
+        def give_up(failure: Failure, tries: str) -> LangfuseReadError:
+            return LangfuseReadError(
+                f"Langfuse {self.host}: {request} page {page} ({page_place(cursor)}) "
+                f"failed{tries}: {failure.problem}; {self._records} records were read "
+                "before it", request=request, page=page, cursor=cursor,
+                status=failure.status, records=self._records)
+
+        return with_retries(attempt, max_retries=self.max_retries, backoff_s=self.backoff_s,
+                            give_up=give_up)
 
     def _pages(self, stream: _Stream, params: dict[str, Any], what: str
                ) -> Iterator[list[Any]]:
@@ -656,8 +556,8 @@ class LangfuseImporter:
         for items in self._pages(stream, params, "scan"):
             for item in items:
                 try:
-                    times.append(_time_ns(item.get(stream.time_key), stream.time_key) // 1000)
-                except (_Bad, AttributeError):
+                    times.append(iso_time_ns(item.get(stream.time_key), stream.time_key) // 1000)
+                except (BadRecord, AttributeError):
                     continue  # reported when its window is read
         ordered = sorted(times)
         return _Plan(len(ordered), windows(ordered, lo, hi, self.sort_window))
@@ -667,19 +567,13 @@ class LangfuseImporter:
     def _bounds(self, options: Mapping[str, Any], kinds: set[str]
                 ) -> tuple[int | None, int | None]:
         """The µs ``[lo, hi)`` to read for ``kinds``, counting their resume points."""
-        since = options.get("since_ns")
-        after = options.get("after") or {}
-        lows: list[int | None] = []
-        for kind in kinds:
-            mark = after.get(kind)
-            lows.append(since if mark is None else max(since or 0, int(mark[0])))
-        low = None if not lows or None in lows else min(x for x in lows if x is not None)
+        low = resume_since(options, kinds)
         until = options.get("until_ns")
         return (None if low is None else int(low) // 1000,
                 None if until is None else -(-int(until) // 1000))
 
     def _streams(self, options: Mapping[str, Any]) -> list[tuple[_Stream, set[str]]]:
-        kinds = set(options.get("kinds") or RECORD_KINDS)
+        kinds = wanted_kinds(options)
         out = []
         if "spans" in kinds:
             out.append((_OBSERVATIONS, {"spans"}))
@@ -698,8 +592,7 @@ class LangfuseImporter:
                 total += plan.count
         except Exception:
             return None
-        limit = options.get("limit")
-        return min(total, int(limit)) if limit is not None else total
+        return limited(total, options)
 
     #: The brief's name for :meth:`estimate`.
     total = estimate
@@ -723,13 +616,14 @@ class LangfuseImporter:
         if options.get("project"):
             self._check_project(str(options["project"]))
         limit = options.get("limit")
-        skipped = _Problems("skipped")
-        incomplete = _Problems("imported incomplete")
+        skipped = Problems(_log, "langfuse importer", "skipped", once_per_record=True)
+        incomplete = Problems(_log, "langfuse importer", "imported incomplete",
+                              once_per_record=True)
         try:
             for stream, kinds in self._streams(options):
                 lo, hi = self._bounds(options, kinds)
                 for item in self._ordered(stream, kinds, lo, hi, skipped, incomplete):
-                    if not isinstance(item, Skipped) and not _in_window(item, options):
+                    if not isinstance(item, Skipped) and not in_window(item, options):
                         continue
                     yield item
                     if isinstance(item, Skipped):
@@ -742,8 +636,7 @@ class LangfuseImporter:
             self.incomplete.update(incomplete.counts)
             if skipped.counts:
                 _log.warning("langfuse importer: skipped %d unreadable record(s): %s",
-                             sum(skipped.counts.values()),
-                             "; ".join(f"{n} {r}" for r, n in skipped.counts.most_common()))
+                             sum(skipped.counts.values()), counts_summary(skipped.counts))
 
     def _check_project(self, project: str) -> None:
         data = self._get(PROJECTS_PATH, {}, page=1, cursor=None, what="")
@@ -755,7 +648,7 @@ class LangfuseImporter:
                               "Langfuse keys are per project: use that project's keys")
 
     def _ordered(self, stream: _Stream, kinds: set[str], lo: int | None, hi: int | None,
-                 skipped: _Problems, incomplete: _Problems) -> Iterator[Item]:
+                 skipped: Problems, incomplete: Problems) -> Iterator[Item]:
         plan = self._plan(stream, lo, hi)
         for w_lo, w_hi in plan.windows:
             params = {**self._window_params(stream, w_lo, w_hi), "fields": stream.fields,
@@ -774,19 +667,19 @@ class LangfuseImporter:
                         window.append(record)
             yield from sorted(window, key=record_key)
 
-    def _record(self, stream: _Stream, item: Any, page: int, skipped: _Problems,
-                incomplete: _Problems) -> Item | None:
+    def _record(self, stream: _Stream, item: Any, page: int, skipped: Problems,
+                incomplete: Problems) -> Item | None:
         """The record of one item; a Skipped for a bad one, None for one seen before."""
-        rid = _str(item.get("id")) if isinstance(item, dict) else None
+        rid = str_or_none(item.get("id")) if isinstance(item, dict) else None
         where = f"{stream.what} {rid}" if rid else f"an {stream.what} on page {page}"
         try:
             if not isinstance(item, dict):
-                raise _Bad("not a JSON object")
+                raise BadRecord("not a JSON object")
             if stream is _OBSERVATIONS:
                 record: Item = observation_to_span(item)
             else:
                 record = score_to_record(item)
-        except _Bad as exc:
+        except BadRecord as exc:
             reason = f"malformed {stream.what}: {exc}"
             if not skipped.add(reason, where):
                 return None
@@ -817,13 +710,6 @@ def _kind(record: Any) -> str:
     if isinstance(record, SafetyVerdict):
         return "safety_verdicts"
     return "scores"
-
-
-def _in_window(record: Any, options: Mapping[str, Any]) -> bool:
-    """Whether ``record``'s time is in ``[since_ns, until_ns)``."""
-    t = record_time(record)
-    since, until = options.get("since_ns"), options.get("until_ns")
-    return (since is None or t >= since) and (until is None or t < until)
 
 
 @hookimpl

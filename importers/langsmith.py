@@ -39,14 +39,11 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -54,11 +51,33 @@ import msgspec
 
 from ..adapters.langsmith import _NAMESPACE as ADAPTER_NAMESPACE
 from ..adapters.langsmith import run_uuid, trace_uuid
-from ..core.errors import ConfigError, InputFileError, MissingExtraError
-from ..core.migrate import Skipped, record_key, record_time
+from ..core.errors import ConfigError, MissingExtraError
+from ..core.migrate import Skipped, record_key
 from ..core.model import SPAN_KINDS, Score, SessionEvent, Span, StreamStats, Usage
 from ..plugins.hookspecs import hookimpl
-from ..plugins.types import RECORD_KINDS, Importer, ImporterInfo
+from ..plugins.types import Importer, ImporterInfo
+from ._common import (
+    EPOCH,
+    BadRecord,
+    Failure,
+    PagedReadError,
+    Problems,
+    counts_summary,
+    finite_number,
+    http_status_of,
+    in_window,
+    is_transient,
+    iso_time_ns,
+    json_object,
+    limited,
+    page_place,
+    resume_since,
+    setting,
+    str_or_none,
+    token_count,
+    wanted_kinds,
+    with_retries,
+)
 
 __all__ = [
     "LangSmithImporter",
@@ -97,68 +116,24 @@ _FEEDBACK_KEYS = frozenset((
     "source", "kind", "category", "user_id", "session_id", "feature", "llmvigil_trace_id",
     "llmvigil_span_id", "llmvigil_record_id", "llmvigil_time_ns", "__run",
 ))
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_FRACTION = re.compile(r"(\.\d+)")
-_RETRY_STATUSES = frozenset((408, 425, 429))
-#: Example messages logged per problem reason (all are counted).
-_EXAMPLES_PER_REASON = 5
 _ID_CACHE = 100_000
 
 Item = Span | Score | SessionEvent | Skipped
 
 
-class LangSmithReadError(InputFileError):
+class LangSmithReadError(PagedReadError):
     """Reading LangSmith failed for good mid-stream (after retries, or a permanent 4xx).
 
     The message names the request, the page and its cursor/offset; what was read
     before it was yielded already, so a migration with a checkpoint resumes after it.
     """
 
-    def __init__(self, message: str, *, request: str, page: int, cursor: str | None,
-                 status: int | None, records: int) -> None:
-        super().__init__(message)
-        self.request = request
-        self.page = page
-        self.cursor = cursor
-        self.status = status
-        self.records = records
-
-
-class _Bad(Exception):
-    """A record that cannot be mapped; the message is the reason, without the id."""
-
 
 # -- small parsers ----------------------------------------------------------------------
 
 
-def _time_ns(value: Any, what: str) -> int:
-    """An ISO 8601 time (a datetime, or a string with up to nanoseconds) in epoch ns."""
-    if value is None or value == "":
-        raise _Bad(f"{what} is missing")
-    if isinstance(value, datetime):
-        dt, extra_ns = value, 0
-    elif isinstance(value, str):
-        text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
-        extra_ns = 0
-        m = _FRACTION.search(text)
-        if m is not None:  # keep digits past the microsecond that datetime drops
-            digits = m.group(1)[1:]
-            extra_ns = int((digits + "000000000")[:9]) % 1000
-            text = text[:m.start()] + "." + (digits + "000000")[:6] + text[m.end():]
-        try:
-            dt = datetime.fromisoformat(text)
-        except ValueError:
-            raise _Bad(f"{what} is not an ISO 8601 time ({value!r})") from None
-    else:
-        raise _Bad(f"{what} is not an ISO 8601 time ({value!r})")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    delta = dt - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000 + extra_ns
-
-
 def _iso(ns: int) -> str:
-    return (_EPOCH + timedelta(microseconds=ns // 1000)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (EPOCH + timedelta(microseconds=ns // 1000)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _uuid(value: Any, what: str) -> uuid.UUID:
@@ -167,48 +142,7 @@ def _uuid(value: Any, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(value))
     except (ValueError, AttributeError, TypeError):
-        raise _Bad(f"{what} is not a UUID ({value!r})") from None
-
-
-def _count(value: Any, what: str) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value < 0 or value != int(value):
-        raise _Bad(f"{what} is not a token count ({value!r})")
-    return int(value)
-
-
-def _number(value: Any, what: str) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):  # LangSmith accepts boolean feedback scores
-        return float(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise _Bad(f"{what} is not a number ({value!r})") from None
-    if not math.isfinite(number):
-        raise _Bad(f"{what} is not a finite number ({value!r})")
-    return number
-
-
-def _object(value: Any, what: str) -> dict[str, Any]:
-    """A JSON object (a dict, or a string holding one); ``{}`` for null."""
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise _Bad(f"{what} is malformed JSON") from None
-    if not isinstance(value, dict):
-        raise _Bad(f"{what} is not a JSON object")
-    return {str(k): v for k, v in value.items()}
-
-
-def _str(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)
+        raise BadRecord(f"{what} is not a UUID ({value!r})") from None
 
 
 def _unwrap(value: Any, key: str) -> Any:
@@ -278,33 +212,33 @@ def _usage(run: Mapping[str, Any], md: Mapping[str, Any]) -> tuple[Usage | None,
         details = um.get("input_token_details")
         if details is not None:
             if not isinstance(details, dict):
-                raise _Bad("usage_metadata.input_token_details is not an object")
-            cache_read = _count(details.get("cache_read"), "input_token_details.cache_read")
-            cache_write = _count(details.get("cache_creation"),
+                raise BadRecord("usage_metadata.input_token_details is not an object")
+            cache_read = token_count(details.get("cache_read"), "input_token_details.cache_read")
+            cache_write = token_count(details.get("cache_creation"),
                                  "input_token_details.cache_creation")
-        inputs = _count(um.get("input_tokens"), "usage_metadata.input_tokens")
-        outputs = _count(um.get("output_tokens"), "usage_metadata.output_tokens")
+        inputs = token_count(um.get("input_tokens"), "usage_metadata.input_tokens")
+        outputs = token_count(um.get("output_tokens"), "usage_metadata.output_tokens")
         has_tokens = any(k in um for k in ("input_tokens", "output_tokens", "total_tokens"))
         usage = Usage(input_tokens=max(0, inputs - cache_read - cache_write),
                       output_tokens=outputs, cache_read_tokens=cache_read,
                       cache_write_tokens=cache_write) if has_tokens else None
         cost_value = um.get("total_cost", run.get("total_cost"))
     elif um is not None:
-        raise _Bad("metadata.usage_metadata is not an object")
+        raise BadRecord("metadata.usage_metadata is not an object")
     else:
         prompt, completion = run.get("prompt_tokens"), run.get("completion_tokens")
         usage = None
         if prompt is not None or completion is not None:
-            usage = Usage(input_tokens=_count(prompt, "prompt_tokens"),
-                          output_tokens=_count(completion, "completion_tokens"))
+            usage = Usage(input_tokens=token_count(prompt, "prompt_tokens"),
+                          output_tokens=token_count(completion, "completion_tokens"))
         cost_value = run.get("total_cost")
-    return usage, _number(cost_value, "total_cost")
+    return usage, finite_number(cost_value, "total_cost")
 
 
 def _error(run: Mapping[str, Any], md: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """``(error, error_type)``, undoing the adapter's ``"Type: message"``."""
-    text = _str(run.get("error"))
-    kind = _str(md.get("error_type"))
+    text = str_or_none(run.get("error"))
+    kind = str_or_none(md.get("error_type"))
     if text is None:
         return None, kind
     if kind is not None:
@@ -322,10 +256,10 @@ def _ttft(run: Mapping[str, Any], md: Mapping[str, Any], start_ns: int) -> float
     events = run.get("events")
     for event in events if isinstance(events, list) else ():
         if isinstance(event, dict) and event.get("name") == "new_token":
-            return max(0, _time_ns(event.get("time"), "new_token event time") - start_ns) / 1e9
+            return max(0, iso_time_ns(event.get("time"), "new_token event time") - start_ns) / 1e9
     first = run.get("first_token_time")
     if first:
-        return max(0, _time_ns(first, "first_token_time") - start_ns) / 1e9
+        return max(0, iso_time_ns(first, "first_token_time") - start_ns) / 1e9
     return None
 
 
@@ -333,23 +267,24 @@ def run_to_span(run: Mapping[str, Any], ids: _Ids | None = None) -> Span:
     """One run as a span (see the module docstring); ``ids`` resolves parent links.
 
     Raises:
-        _Bad: the run cannot be mapped; the message says why.
+        BadRecord: the run cannot be mapped; the message says why.
     """
     ids = ids if ids is not None else _Ids()
     run_id = _uuid(run.get("id"), "id")
     trace = _uuid(run.get("trace_id"), "trace_id")
     parent = run.get("parent_run_id")
     parent_run = _uuid(parent, "parent_run_id") if parent not in (None, "") else None
-    extra = _object(run.get("extra"), "extra")
-    md = _object(extra.get("metadata"), "extra.metadata")
-    start_ns = _time_ns(run.get("start_time"), "start_time")
+    extra = json_object(run.get("extra"), "extra")
+    md = json_object(extra.get("metadata"), "extra.metadata")
+    start_ns = iso_time_ns(run.get("start_time"), "start_time")
     end = run.get("end_time")
-    end_ns = _time_ns(end, "end_time") if end not in (None, "") else start_ns
+    end_ns = iso_time_ns(end, "end_time") if end not in (None, "") else start_ns
 
     own = _own_ids(md, run_id, trace, parent_run is None)
     if own is not None:
         trace_id, span_id = own
-        parent_id = _str(md.get("llmvigil_parent_span_id")) if parent_run is not None else None
+        parent_id = str_or_none(md.get("llmvigil_parent_span_id")) \
+            if parent_run is not None else None
     else:  # a run another tool wrote
         trace_id = trace.hex
         span_id = ids.span_id(run_id, trace)
@@ -368,14 +303,14 @@ def run_to_span(run: Mapping[str, Any], ids: _Ids | None = None) -> Span:
         try:
             stream = msgspec.convert(md["llmvigil_stream"], StreamStats)
         except msgspec.ValidationError as exc:
-            raise _Bad(f"metadata.llmvigil_stream: {exc}") from None
+            raise BadRecord(f"metadata.llmvigil_stream: {exc}") from None
     session = md.get("session_id") or md.get("thread_id")
     metadata = {k: v for k, v in md.items() if k not in _OWN_KEYS}
     if session is None and md.get("conversation_id") is not None:
         session = metadata.pop("conversation_id")
     tags = run.get("tags") or []
     if not isinstance(tags, list):
-        raise _Bad("tags is not a list")
+        raise BadRecord("tags is not a list")
     if error is not None or error_type is not None or run.get("status") == "error":
         status = "error"
     elif run.get("status") == "pending" or end in (None, ""):
@@ -387,14 +322,17 @@ def run_to_span(run: Mapping[str, Any], ids: _Ids | None = None) -> Span:
         name=str(run.get("name") or ""), kind=str(kind), start_ns=start_ns,
         end_ns=end_ns, status=status, error=error, error_type=error_type,
         input=_unwrap(run.get("inputs"), "input"), output=_unwrap(run.get("outputs"), "output"),
-        model=_str(md.get("ls_model_name")), response_model=_str(md.get("response_model")),
-        response_id=_str(md.get("response_id")), provider=_str(md.get("ls_provider")),
-        operation=_str(md.get("operation")), stop_reason=_str(md.get("finish_reasons")),
-        usage=usage, cost_usd=cost, price_source=_str(md.get("price_source")),
-        price_version=_str(md.get("price_version")), ttft_s=_ttft(run, md, start_ns),
-        stream=stream, user_id=_str(md.get("user_id")), session_id=_str(session),
-        feature=_str(md.get("feature")), environment=_str(md.get("environment")),
-        release=_str(md.get("revision_id")), tags=[str(t) for t in tags], metadata=metadata,
+        model=str_or_none(md.get("ls_model_name")),
+        response_model=str_or_none(md.get("response_model")),
+        response_id=str_or_none(md.get("response_id")),
+        provider=str_or_none(md.get("ls_provider")),
+        operation=str_or_none(md.get("operation")),
+        stop_reason=str_or_none(md.get("finish_reasons")),
+        usage=usage, cost_usd=cost, price_source=str_or_none(md.get("price_source")),
+        price_version=str_or_none(md.get("price_version")), ttft_s=_ttft(run, md, start_ns),
+        stream=stream, user_id=str_or_none(md.get("user_id")), session_id=str_or_none(session),
+        feature=str_or_none(md.get("feature")), environment=str_or_none(md.get("environment")),
+        release=str_or_none(md.get("revision_id")), tags=[str(t) for t in tags], metadata=metadata,
     )
 
 
@@ -415,42 +353,42 @@ def feedback_to_record(fb: Mapping[str, Any], ids: _Ids | None = None) -> Score 
     """One feedback as a score, or a session event for key ``session_event``.
 
     Raises:
-        _Bad: the feedback cannot be mapped; the message says why.
+        BadRecord: the feedback cannot be mapped; the message says why.
     """
     ids = ids if ids is not None else _Ids()
     feedback_id = _uuid(fb.get("id"), "id")
-    key = _str(fb.get("key"))
+    key = str_or_none(fb.get("key"))
     if key is None:
-        raise _Bad("key is missing")
-    created_ns = _time_ns(fb.get("created_at"), "created_at")
-    source = _object(fb.get("feedback_source"), "feedback_source")
-    info = _object(source.get("metadata"), "feedback_source.metadata")
+        raise BadRecord("key is missing")
+    created_ns = iso_time_ns(fb.get("created_at"), "created_at")
+    source = json_object(fb.get("feedback_source"), "feedback_source")
+    info = json_object(source.get("metadata"), "feedback_source.metadata")
     run, trace = fb.get("run_id"), fb.get("trace_id")
     run_id = _uuid(run, "run_id") if run not in (None, "") else None
     trace_u = _uuid(trace, "trace_id") if trace not in (None, "") else run_id
     own = "llmvigil_trace_id" in info or "llmvigil_span_id" in info  # written by llmvigil
-    trace_id = _str(info.get("llmvigil_trace_id")) if own else (
+    trace_id = str_or_none(info.get("llmvigil_trace_id")) if own else (
         trace_u.hex if trace_u else None)
     metadata = {k: v for k, v in info.items() if k not in _FEEDBACK_KEYS}
     if key == "session_event":
-        session = _str(info.get("session_id"))
-        event = _str(fb.get("value"))
+        session = str_or_none(info.get("session_id"))
+        event = str_or_none(fb.get("value"))
         if session is None:
-            raise _Bad("session_event feedback without session_id in its source metadata")
+            raise BadRecord("session_event feedback without session_id in its source metadata")
         if event is None:
-            raise _Bad("session_event feedback without a value (the event)")
+            raise BadRecord("session_event feedback without a value (the event)")
         rid, t = _own_record(info, feedback_id, "session_event", created_ns)
         return SessionEvent(id=rid, session_id=session, event=event, time_ns=t,
-                            user_id=_str(info.get("user_id")), trace_id=trace_id,
-                            feature=_str(info.get("feature")), metadata=metadata)
+                            user_id=str_or_none(info.get("user_id")), trace_id=trace_id,
+                            feature=str_or_none(info.get("feature")), metadata=metadata)
     if own:
-        span_id = _str(info.get("llmvigil_span_id"))
+        span_id = str_or_none(info.get("llmvigil_span_id"))
     elif run_id is not None and trace_u is not None:
         span_id = ids.span_id(run_id, trace_u)
     else:
         span_id = None
     value = fb.get("value")
-    category = _str(info.get("category"))
+    category = str_or_none(info.get("category"))
     label = None if value is None or (category is not None and str(value) == category) \
         else (value if isinstance(value, str) else json.dumps(value))
     correction = fb.get("correction")
@@ -461,40 +399,17 @@ def feedback_to_record(fb: Mapping[str, Any], ids: _Ids | None = None) -> Score 
     rid, t = _own_record(info, feedback_id, "score", created_ns)
     return Score(
         id=rid, name=key, time_ns=t, trace_id=trace_id, span_id=span_id,
-        kind=_str(info.get("kind")) or "custom", value=_number(fb.get("score"), "score"),
+        kind=str_or_none(info.get("kind")) or "custom",
+        value=finite_number(fb.get("score"), "score"),
         label=label, category=category, correction=correction,
-        comment=_str(fb.get("comment")),
-        source=_str(info.get("source")) or _str(source.get("type")) or "api",
-        user_id=_str(info.get("user_id")), session_id=_str(info.get("session_id")),
-        feature=_str(info.get("feature")), metadata=metadata,
+        comment=str_or_none(fb.get("comment")),
+        source=str_or_none(info.get("source")) or str_or_none(source.get("type")) or "api",
+        user_id=str_or_none(info.get("user_id")), session_id=str_or_none(info.get("session_id")),
+        feature=str_or_none(info.get("feature")), metadata=metadata,
     )
 
 
 # -- the importer -----------------------------------------------------------------------
-
-
-def _setting(settings: Mapping[str, Any], key: str, *env: str) -> str | None:
-    value = settings.get(key)
-    if value not in (None, ""):
-        return str(value)
-    for name in env:
-        found = os.environ.get(name, "").strip()
-        if found:
-            return found
-    return None
-
-
-def _status_of(exc: BaseException) -> int | None:
-    """The HTTP status behind an SDK exception, found along its cause chain."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        status = getattr(getattr(cur, "response", None), "status_code", None)
-        if isinstance(status, int):
-            return status
-        cur = cur.__cause__ or cur.__context__
-    return None
 
 
 def _response_text(exc: BaseException) -> str:
@@ -507,30 +422,6 @@ def _response_text(exc: BaseException) -> str:
             return str(getattr(response, "text", ""))[:300]
         cur = cur.__cause__ or cur.__context__
     return ""
-
-
-@dataclass
-class _Problems:
-    """Counts problems by reason and logs a few examples of each, once per record."""
-
-    what: str
-    counts: Counter[str] = field(default_factory=Counter)
-    seen: set[tuple[str, str]] = field(default_factory=set)
-
-    def add(self, reason: str, where: str) -> bool:
-        """Count one; False when this record was already counted for this reason."""
-        if (reason, where) in self.seen:
-            return False
-        if len(self.seen) < 100_000:
-            self.seen.add((reason, where))
-        self.counts[reason] += 1
-        n = self.counts[reason]
-        if n <= _EXAMPLES_PER_REASON:
-            _log.warning("langsmith importer: %s %s: %s", where, self.what, reason)
-        if n == _EXAMPLES_PER_REASON:
-            _log.warning("langsmith importer: further %s for %r are counted, not logged",
-                         self.what, reason)
-        return True
 
 
 class LangSmithImporter:
@@ -560,11 +451,11 @@ class LangSmithImporter:
             from urllib3.util.retry import Retry
         except ImportError as exc:
             raise MissingExtraError("langsmith", "langsmith", exc.name or "langsmith") from exc
-        self.endpoint = (_setting(settings, "endpoint", "LANGSMITH_ENDPOINT", "LANGCHAIN_ENDPOINT")
+        self.endpoint = (setting(settings, "endpoint", "LANGSMITH_ENDPOINT", "LANGCHAIN_ENDPOINT")
                          or DEFAULT_ENDPOINT).rstrip("/")
-        self.project = (_setting(settings, "project", "LANGSMITH_PROJECT", "LANGCHAIN_PROJECT")
+        self.project = (setting(settings, "project", "LANGSMITH_PROJECT", "LANGCHAIN_PROJECT")
                         or str(settings.get("service") or "llm-app"))
-        api_key = _setting(settings, "api_key", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
+        api_key = setting(settings, "api_key", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
         host = urlsplit(self.endpoint).hostname or ""
         if api_key is None and (host == "langchain.com" or host.endswith(".langchain.com")):
             raise ConfigError("importer langsmith: no API key; set api_key or LANGSMITH_API_KEY")
@@ -585,7 +476,7 @@ class LangSmithImporter:
             # One attempt per call: the retries, and their messages, are this module's.
             retry_config=Retry(total=0, read=False, raise_on_status=False,
                                respect_retry_after_header=False),
-            workspace_id=_setting(settings, "workspace_id", "LANGSMITH_WORKSPACE_ID"),
+            workspace_id=setting(settings, "workspace_id", "LANGSMITH_WORKSPACE_ID"),
         )
         self._records = 0
 
@@ -602,39 +493,33 @@ class LangSmithImporter:
             LangSmithReadError: the page could not be read.
         """
         what = f"{method} {path}"
-        delay = self.backoff_s
-        for attempt in range(1 + self.max_retries):
+
+        def fail(problem: str, status: int | None) -> LangSmithReadError:
+            return LangSmithReadError(
+                f"LangSmith {self.endpoint}: {what} page {page} ({page_place(cursor)})"
+                f"{problem}; {self._records} records were read before it",
+                request=what, page=page, cursor=cursor, status=status,
+                records=self._records)
+
+        def attempt() -> Any:
             try:
                 response = self.client.request_with_retries(
                     cast(Any, method), path, request_kwargs=request_kwargs,
                     stop_after_attempt=1)
             except Exception as exc:
-                status = _status_of(exc)
-                transient = status is None or status in _RETRY_STATUSES or status >= 500
-                if transient and attempt < self.max_retries:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 30.0)
-                    continue
+                status = http_status_of(exc)
                 problem = f"HTTP {status}" if status is not None else type(exc).__name__
                 if status is not None and 400 <= status < 500:
                     problem += f" {_response_text(exc)}".rstrip()
-                tries = f" after {attempt + 1} attempts" if attempt else ""
-                raise LangSmithReadError(
-                    f"LangSmith {self.endpoint}: {what} page {page} "
-                    f"({'cursor ' + repr(cursor) if cursor else 'first page'}) failed{tries}: "
-                    f"{problem}; {self._records} records were read before it",
-                    request=what, page=page, cursor=cursor, status=status,
-                    records=self._records) from None
+                return Failure(problem, status, is_transient(status))
             try:
                 return response.json()
             except ValueError:
-                raise LangSmithReadError(
-                    f"LangSmith {self.endpoint}: {what} page {page} "
-                    f"({'cursor ' + repr(cursor) if cursor else 'first page'}): the answer is "
-                    f"not JSON; {self._records} records were read before it",
-                    request=what, page=page, cursor=cursor, status=response.status_code,
-                    records=self._records) from None
-        raise AssertionError("unreachable")
+                raise fail(": the answer is not JSON", response.status_code) from None
+
+        return with_retries(
+            attempt, max_retries=self.max_retries, backoff_s=self.backoff_s,
+            give_up=lambda f, tries: fail(f" failed{tries}: {f.problem}", f.status))
 
     def _project(self, name: str, *, stats: bool = False) -> dict[str, Any]:
         params: dict[str, Any] = {"name": name, "limit": 1}
@@ -657,15 +542,14 @@ class LangSmithImporter:
             project = self._project(str(options.get("project") or self.project), stats=True)
         except Exception:
             return None
-        kinds = set(options.get("kinds") or RECORD_KINDS)
+        kinds = wanted_kinds(options)
         total = 0
         if "spans" in kinds:
             total += int(project.get("run_count") or 0)
         if kinds & {"scores", "session_events"}:
             stats = project.get("feedback_stats") or {}
             total += sum(int(s.get("n") or 0) for s in stats.values() if isinstance(s, dict))
-        limit = options.get("limit")
-        return min(total, int(limit)) if limit is not None else total
+        return limited(total, options)
 
     #: The brief's name for :meth:`estimate`.
     total = estimate
@@ -678,7 +562,7 @@ class LangSmithImporter:
         Raises (from the generator):
             LangSmithReadError: a page failed for good; ConfigError: no such project.
         """
-        kinds = set(options.get("kinds") or RECORD_KINDS)
+        kinds = wanted_kinds(options)
         self.skipped.clear()
         self.incomplete.clear()
         self._records = 0
@@ -689,8 +573,9 @@ class LangSmithImporter:
         limit = options.get("limit")
         project_id = str(self._project(name)["id"])
         ids = _Ids()
-        skipped = _Problems("skipped")
-        incomplete = _Problems("imported incomplete")
+        skipped = Problems(_log, "langsmith importer", "skipped", once_per_record=True)
+        incomplete = Problems(_log, "langsmith importer", "imported incomplete",
+                              once_per_record=True)
         where = f"LangSmith {name}"
         streams = []
         if "spans" in kinds:
@@ -700,7 +585,7 @@ class LangSmithImporter:
         try:
             for stream in streams:
                 for item in stream:
-                    if not isinstance(item, Skipped) and not _in_window(item, options):
+                    if not isinstance(item, Skipped) and not in_window(item, options):
                         continue
                     yield item
                     if isinstance(item, Skipped):
@@ -713,26 +598,13 @@ class LangSmithImporter:
             self.incomplete.update(incomplete.counts)
             if skipped.counts:
                 _log.warning("langsmith importer: skipped %d unreadable record(s): %s",
-                             sum(skipped.counts.values()), _summary(skipped.counts))
-
-    def _lower_bound(self, options: Mapping[str, Any], kinds: set[str]) -> int | None:
-        """The earliest time wanted of ``kinds``, counting each kind's resume point."""
-        since = options.get("since_ns")
-        after = options.get("after") or {}
-        bounds = []
-        for kind in kinds:
-            mark = after.get(kind)
-            bound = since if mark is None else max(since or 0, int(mark[0]))
-            if bound is None:
-                return None
-            bounds.append(bound)
-        return min(bounds) if bounds else since
+                             sum(skipped.counts.values()), counts_summary(skipped.counts))
 
     def _spans(self, project_id: str, options: Mapping[str, Any], ids: _Ids,
-               skipped: _Problems, incomplete: _Problems, where: str) -> Iterator[Item]:
+               skipped: Problems, incomplete: Problems, where: str) -> Iterator[Item]:
         body: dict[str, Any] = {"session": [project_id], "select": list(RUN_SELECT),
                                 "order": "asc", "limit": self.page_size}
-        lower = self._lower_bound(options, {"spans"})
+        lower = resume_since(options, {"spans"})
         if lower is not None:
             body["start_time"] = _iso(lower)
         until = options.get("until_ns")
@@ -772,16 +644,16 @@ class LangSmithImporter:
                 break
         yield from sorted(same_time, key=record_key)
 
-    def _span(self, run: Any, ids: _Ids, skipped: _Problems, incomplete: _Problems,
+    def _span(self, run: Any, ids: _Ids, skipped: Problems, incomplete: Problems,
               page: int, source: str) -> Span | Skipped | None:
         """The run as a span, a Skipped for a bad run, None for a bad run seen before."""
         rid = str(run.get("id")) if isinstance(run, dict) and run.get("id") else None
         where = f"run {rid}" if rid else f"a run on page {page}"
         try:
             if not isinstance(run, dict):
-                raise _Bad("not a JSON object")
+                raise BadRecord("not a JSON object")
             span = run_to_span(run, ids)
-        except _Bad as exc:
+        except BadRecord as exc:
             if not skipped.add(f"malformed run: {exc}", where):
                 return None
             return Skipped(f"malformed run: {exc}", source, rid, "spans")
@@ -794,9 +666,9 @@ class LangSmithImporter:
         return span
 
     def _feedback(self, project_id: str, options: Mapping[str, Any], kinds: set[str],
-                  ids: _Ids, skipped: _Problems, source: str) -> Iterator[Item]:
+                  ids: _Ids, skipped: Problems, source: str) -> Iterator[Item]:
         params: dict[str, Any] = {"session": [project_id], "limit": self.page_size}
-        lower = self._lower_bound(options, kinds & {"scores", "session_events"})
+        lower = resume_since(options, kinds & {"scores", "session_events"})
         if lower is not None:
             # created_at is never before a feedback's own time, so this drops nothing.
             params["min_created_at"] = _iso(lower)
@@ -818,9 +690,9 @@ class LangSmithImporter:
                 where = f"feedback {fid}" if fid else f"a feedback on page {page}"
                 try:
                     if not isinstance(fb, dict):
-                        raise _Bad("not a JSON object")
+                        raise BadRecord("not a JSON object")
                     record = feedback_to_record(fb, ids)
-                except _Bad as exc:
+                except BadRecord as exc:
                     if skipped.add(f"malformed feedback: {exc}", where):
                         kind = "session_events" if isinstance(fb, dict) and \
                             fb.get("key") == "session_event" else "scores"
@@ -838,17 +710,6 @@ class LangSmithImporter:
                 break
             offset += len(items)
         yield from sorted(buffer, key=record_key)
-
-
-def _summary(counts: Counter[str]) -> str:
-    return "; ".join(f"{n} {reason}" for reason, n in counts.most_common())
-
-
-def _in_window(record: Any, options: Mapping[str, Any]) -> bool:
-    """Whether ``record``'s time is in ``[since_ns, until_ns)``."""
-    t = record_time(record)
-    since, until = options.get("since_ns"), options.get("until_ns")
-    return (since is None or t >= since) and (until is None or t < until)
 
 
 @hookimpl

@@ -48,23 +48,37 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import re
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import msgspec
 
 from ..adapters.otlp import default_operation
-from ..core.errors import ConfigError, MissingExtraError, VigilError
+from ..core.errors import ConfigError, MissingExtraError
 from ..core.migrate import Skipped, record_key
 from ..core.model import SPAN_KINDS, SafetyVerdict, Score, SessionEvent, Span, StreamStats, Usage
 from ..plugins.hookspecs import hookimpl
-from ..plugins.types import RECORD_KINDS, ImporterInfo
+from ..plugins.types import ImporterInfo
+from ._common import (
+    EPOCH,
+    BadRecord,
+    Failure,
+    PagedReadError,
+    Problems,
+    checked_str,
+    is_transient,
+    iso_time_us_ns,
+    limited,
+    page_place,
+    past_resume_point,
+    resume_since,
+    setting,
+    wanted_kinds,
+    with_retries,
+)
 
 __all__ = ["PhoenixImporter", "PhoenixReadError", "annotation_to_record", "span_to_record"]
 
@@ -76,14 +90,10 @@ FIRST_TOKEN_EVENT = "First Token Stream Event"
 IDS_PER_REQUEST = 100
 ANNOTATION_KINDS = frozenset(("scores", "session_events", "safety_verdicts"))
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_FRACTION = re.compile(r"\.(\d+)")
 _OI_KINDS = {"LLM": "llm", "CHAIN": "chain", "TOOL": "tool", "RETRIEVER": "retriever",
              "EMBEDDING": "embedding", "AGENT": "agent"}
 _STATUS = {"OK": "ok", "ERROR": "error", "UNSET": "unset"}
 _ANNOTATOR = {"HUMAN": "human", "LLM": "judge", "CODE": "code"}
-_RETRY_STATUSES = frozenset((408, 425, 429))
-_EXAMPLES_PER_REASON = 5
 
 # Span fields carried as one attribute each: field -> (attribute, type). The attribute
 # is the field's encoded (GenAI) name, ``llmvigil.<name>`` when that has no dot, as
@@ -125,71 +135,33 @@ _VERDICT_KEYS = frozenset(("llmvigil.time_ns", "category", "decided_by"))
 Item = Span | Score | SessionEvent | SafetyVerdict | Skipped
 
 
-class PhoenixReadError(VigilError):
+class PhoenixReadError(PagedReadError):
     """Reading Phoenix failed for good mid-stream (after retries, or a permanent 4xx).
 
     The message names the request, the page and its cursor; what was read before it
     was yielded already, so a migration with a checkpoint resumes after it.
     """
 
-    def __init__(self, message: str, *, request: str, page: int, cursor: str | None,
-                 status: int | None, records: int) -> None:
-        super().__init__(message)
-        self.request = request
-        self.page = page
-        self.cursor = cursor
-        self.status = status
-        self.records = records
-
-
-class _Bad(Exception):
-    """A record that cannot be mapped; the message is the reason, without the id."""
-
 
 # -- small parsers ----------------------------------------------------------------------
 
 
-def _time_ns(value: Any, what: str) -> int:
-    """An ISO 8601 time as epoch nanoseconds (Phoenix keeps microseconds)."""
-    if not isinstance(value, str) or not value:
-        raise _Bad(f"{what} is missing" if value in (None, "") else
-                   f"{what} is not an ISO 8601 time ({value!r})")
-    text = value.strip().replace("Z", "+00:00")
-    # Python 3.10 parses only 3 or 6 fraction digits.
-    text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise _Bad(f"{what} is not an ISO 8601 time ({value!r})") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return (dt - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
 def _iso(ns: int) -> str:
     """``ns`` rounded up to Phoenix's microsecond, as ISO 8601 (UTC)."""
-    return (_EPOCH + timedelta(microseconds=-(-ns // 1000))).isoformat()
-
-
-def _str(value: Any, what: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, (dict, list)):
-        raise _Bad(f"{what} is not a string ({type(value).__name__})")
-    return str(value)
+    return (EPOCH + timedelta(microseconds=-(-ns // 1000))).isoformat()
 
 
 def _number(value: Any, what: str) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _Bad(f"{what} is not a number ({value!r})")
+        raise BadRecord(f"{what} is not a number ({value!r})")
     try:
         number = float(value)
     except ValueError:
-        raise _Bad(f"{what} is not a number ({value!r})") from None
+        raise BadRecord(f"{what} is not a number ({value!r})") from None
     if not math.isfinite(number):
-        raise _Bad(f"{what} is not a finite number ({value!r})")
+        raise BadRecord(f"{what} is not a finite number ({value!r})")
     return number
 
 
@@ -198,7 +170,7 @@ def _count(value: Any, what: str) -> int:
     if number is None:
         return 0
     if number < 0 or number != int(number):
-        raise _Bad(f"{what} is not a token count ({value!r})")
+        raise BadRecord(f"{what} is not a token count ({value!r})")
     return int(number)
 
 
@@ -211,7 +183,7 @@ def _content(value: Any, mime: Any, what: str) -> Any:
     try:
         return json.loads(value)
     except ValueError:
-        raise _Bad(f"{what} is malformed JSON (mime type {mime})") from None
+        raise BadRecord(f"{what} is malformed JSON (mime type {mime})") from None
 
 
 def _listify(node: Any) -> Any:
@@ -250,9 +222,9 @@ def _metadata(attrs: dict[str, Any]) -> dict[str, Any]:
         try:
             raw = json.loads(raw)
         except ValueError:
-            raise _Bad("metadata is malformed JSON") from None
+            raise BadRecord("metadata is malformed JSON") from None
     if raw is not None and not isinstance(raw, dict):
-        raise _Bad("metadata is not a JSON object")
+        raise BadRecord("metadata is not a JSON object")
     return {**(raw or {}), **unflatten(flat)}
 
 
@@ -262,7 +234,7 @@ def _metadata(attrs: dict[str, Any]) -> dict[str, Any]:
 def _events(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
     events = raw.get("events") or []
     if not isinstance(events, list):
-        raise _Bad("events is not a list")
+        raise BadRecord("events is not a list")
     return [e for e in events if isinstance(e, dict)]
 
 
@@ -293,7 +265,7 @@ def _stream(attrs: dict[str, Any]) -> StreamStats | None:
     try:
         return msgspec.convert(found, StreamStats, strict=False)
     except msgspec.ValidationError as exc:
-        raise _Bad(f"llmvigil.stream.*: {exc}") from None
+        raise BadRecord(f"llmvigil.stream.*: {exc}") from None
 
 
 def _error(raw: Mapping[str, Any], events: list[dict[str, Any]]) -> tuple[str | None,
@@ -301,9 +273,9 @@ def _error(raw: Mapping[str, Any], events: list[dict[str, Any]]) -> tuple[str | 
     for event in events:
         if event.get("name") == "exception":
             attrs = event.get("attributes") or {}
-            return (_str(attrs.get("exception.message"), "exception.message"),
-                    _str(attrs.get("exception.type"), "exception.type"))
-    return _str(raw.get("status_message"), "status_message"), None
+            return (checked_str(attrs.get("exception.message"), "exception.message"),
+                    checked_str(attrs.get("exception.type"), "exception.type"))
+    return checked_str(raw.get("status_message"), "status_message"), None
 
 
 def _ttft(attrs: dict[str, Any], events: list[dict[str, Any]], start_ns: int) -> float | None:
@@ -312,7 +284,7 @@ def _ttft(attrs: dict[str, Any], events: list[dict[str, Any]], start_ns: int) ->
         return own
     for event in events:
         if event.get("name") == FIRST_TOKEN_EVENT:
-            return max(0, _time_ns(event.get("timestamp"), "first token event time")
+            return max(0, iso_time_us_ns(event.get("timestamp"), "first token event time")
                        - start_ns) / 1e9
     return None
 
@@ -321,23 +293,23 @@ def span_to_record(raw: Mapping[str, Any]) -> Span:
     """One Phoenix span (REST shape) as a llmvigil span (see the module docstring).
 
     Raises:
-        _Bad: the span cannot be mapped; the message says why.
+        BadRecord: the span cannot be mapped; the message says why.
     """
     context = raw.get("context")
     if not isinstance(context, dict):
-        raise _Bad("context is missing")
+        raise BadRecord("context is missing")
     span_id, trace_id = context.get("span_id"), context.get("trace_id")
     if not span_id or not isinstance(span_id, str):
-        raise _Bad("context.span_id is missing")
+        raise BadRecord("context.span_id is missing")
     if not trace_id or not isinstance(trace_id, str):
-        raise _Bad("context.trace_id is missing")
+        raise BadRecord("context.trace_id is missing")
     attrs = raw.get("attributes") or {}
     if not isinstance(attrs, dict):
-        raise _Bad("attributes is not an object")
+        raise BadRecord("attributes is not an object")
     attrs = dict(attrs)
-    start_ns = _time_ns(raw.get("start_time"), "start_time")
+    start_ns = iso_time_us_ns(raw.get("start_time"), "start_time")
     end = raw.get("end_time")
-    end_ns = _time_ns(end, "end_time") if end not in (None, "") else start_ns
+    end_ns = iso_time_us_ns(end, "end_time") if end not in (None, "") else start_ns
     events = _events(raw)
     ours = "llmvigil.span.kind" in attrs
     kind = attrs.get("llmvigil.span.kind") if ours else \
@@ -349,14 +321,14 @@ def span_to_record(raw: Mapping[str, Any]) -> Span:
     for name in _STR_FIELDS:
         key = _ATTR[name]
         if key in attrs:
-            fields[name] = _str(attrs.pop(key), key)
+            fields[name] = checked_str(attrs.pop(key), key)
     fields["cost_usd"] = _number(attrs.pop(_ATTR["cost_usd"], None), _ATTR["cost_usd"])
     fields["ttft_s"] = _ttft(attrs, events, start_ns)
     reasons = attrs.pop(_ATTR["stop_reason"], None)
     if isinstance(reasons, list):
         reasons = reasons[0] if reasons else None
-    fields["stop_reason"] = _str(reasons, _ATTR["stop_reason"])
-    operation = _str(attrs.pop(_ATTR["operation"], None), _ATTR["operation"])
+    fields["stop_reason"] = checked_str(reasons, _ATTR["stop_reason"])
+    operation = checked_str(attrs.pop(_ATTR["operation"], None), _ATTR["operation"])
     # The adapter always writes the operation a kind implies: only another one is a
     # field of the span.
     fields["operation"] = None if ours and operation == default_operation(str(kind)) \
@@ -364,12 +336,12 @@ def span_to_record(raw: Mapping[str, Any]) -> Span:
     fields["usage"] = _usage(attrs)
     fields["stream"] = _stream(attrs)
     if not ours:  # OpenInference names for what the GenAI attributes did not give
-        fields["model"] = fields.get("model") or _str(
+        fields["model"] = fields.get("model") or checked_str(
             attrs.pop("llm.model_name", None) or attrs.pop("embedding.model_name", None),
             "llm.model_name")
-        fields["provider"] = fields.get("provider") or _str(
+        fields["provider"] = fields.get("provider") or checked_str(
             attrs.pop("llm.provider", None) or attrs.pop("llm.system", None), "llm.provider")
-        fields["stop_reason"] = fields["stop_reason"] or _str(
+        fields["stop_reason"] = fields["stop_reason"] or checked_str(
             attrs.pop("llm.finish_reason", None), "llm.finish_reason")
         if fields["cost_usd"] is None:
             fields["cost_usd"] = _number(attrs.pop("llm.cost.total", None), "llm.cost.total")
@@ -394,7 +366,7 @@ def span_to_record(raw: Mapping[str, Any]) -> Span:
                 fields["provider"]:
             del attrs["gen_ai.provider.name"]
     return Span(
-        id=span_id, trace_id=trace_id, parent_id=_str(raw.get("parent_id"), "parent_id"),
+        id=span_id, trace_id=trace_id, parent_id=checked_str(raw.get("parent_id"), "parent_id"),
         name=str(raw.get("name") or ""), kind=str(kind), start_ns=start_ns, end_ns=end_ns,
         status=status, error=error, input=inp, output=out, tags=[str(t) for t in tags],
         metadata=metadata, attributes=attrs, **fields,
@@ -407,7 +379,7 @@ def span_to_record(raw: Mapping[str, Any]) -> Span:
 def _annotation_id(raw: Mapping[str, Any]) -> str:
     rid = raw.get("identifier") or raw.get("id")
     if not rid or not isinstance(rid, str):
-        raise _Bad("neither identifier nor id")
+        raise BadRecord("neither identifier nor id")
     return rid
 
 
@@ -419,28 +391,28 @@ def annotation_to_record(raw: Mapping[str, Any], target: str,
     their trace ids, for annotations that do not say it.
 
     Raises:
-        _Bad: the annotation cannot be mapped; the message says why.
+        BadRecord: the annotation cannot be mapped; the message says why.
     """
     rid = _annotation_id(raw)
     name = raw.get("name")
     if not isinstance(name, str) or not name:
-        raise _Bad("name is missing")
+        raise BadRecord("name is missing")
     target_id = raw.get(f"{target}_id")
     if not isinstance(target_id, str) or not target_id:
-        raise _Bad(f"{target}_id is missing")
+        raise BadRecord(f"{target}_id is missing")
     result = raw.get("result") or {}
     meta = raw.get("metadata") or {}
     if not isinstance(result, dict):
-        raise _Bad("result is not an object")
+        raise BadRecord("result is not an object")
     if not isinstance(meta, dict):
-        raise _Bad("metadata is not an object")
+        raise BadRecord("metadata is not an object")
     own_time = meta.get("llmvigil.time_ns")
     if own_time is not None and (isinstance(own_time, bool) or not isinstance(own_time, int)):
-        raise _Bad(f"metadata llmvigil.time_ns is not an integer ({own_time!r})")
-    time_ns = own_time if own_time is not None else _time_ns(raw.get("created_at"),
+        raise BadRecord(f"metadata llmvigil.time_ns is not an integer ({own_time!r})")
+    time_ns = own_time if own_time is not None else iso_time_us_ns(raw.get("created_at"),
                                                              "created_at")
-    label = _str(result.get("label"), "result.label")
-    explanation = _str(result.get("explanation"), "result.explanation")
+    label = checked_str(result.get("label"), "result.label")
+    explanation = checked_str(result.get("explanation"), "result.explanation")
     span_id = target_id if target == "span" else None
     trace_id = target_id if target == "trace" else \
         (trace_of or {}).get(target_id) if span_id else None
@@ -449,25 +421,25 @@ def annotation_to_record(raw: Mapping[str, Any], target: str,
             and "llmvigil.kind" not in meta:
         return SessionEvent(
             id=rid, session_id=target_id, event=label or name[len("session."):],
-            time_ns=time_ns, user_id=_str(meta.get("user.id"), "metadata user.id"),
-            trace_id=_str(meta.get("trace_id"), "metadata trace_id"),
-            feature=_str(meta.get("feature"), "metadata feature"),
+            time_ns=time_ns, user_id=checked_str(meta.get("user.id"), "metadata user.id"),
+            trace_id=checked_str(meta.get("trace_id"), "metadata trace_id"),
+            feature=checked_str(meta.get("feature"), "metadata feature"),
             metadata={k: v for k, v in meta.items() if k not in _EVENT_KEYS})
     if target != "session" and name == "safety" and own_time is not None \
             and "llmvigil.kind" not in meta:
         if label is None:
-            raise _Bad("safety annotation without a label (the action)")
+            raise BadRecord("safety annotation without a label (the action)")
         return SafetyVerdict(
             id=rid, action=label, time_ns=time_ns, reason=explanation or "",
-            category=_str(meta.get("category"), "metadata category"),
-            decided_by=_str(meta.get("decided_by"), "metadata decided_by"),
+            category=checked_str(meta.get("category"), "metadata category"),
+            decided_by=checked_str(meta.get("decided_by"), "metadata decided_by"),
             trace_id=trace_id, span_id=span_id,
             metadata={k: v for k, v in meta.items() if k not in _VERDICT_KEYS})
     value = _number(result.get("score"), "result.score")
     if "llmvigil.kind" in meta:
         kind = sys.intern(str(meta["llmvigil.kind"]))
-        category = _str(meta.get("category"), "metadata category")
-        correction = _str(meta.get("correction"), "metadata correction")
+        category = checked_str(meta.get("category"), "metadata category")
+        correction = checked_str(meta.get("correction"), "metadata correction")
         # The adapter writes the label as label or category or kind, the explanation
         # as comment or correction: a default it filled in is not a field.
         if label is not None and label == (category or kind):
@@ -476,14 +448,14 @@ def annotation_to_record(raw: Mapping[str, Any], target: str,
             else explanation
         return Score(
             id=rid, name="note" if name == "llmvigil.note" else name, time_ns=time_ns,
-            trace_id=_str(meta.get("trace_id"), "metadata trace_id") or trace_id,
+            trace_id=checked_str(meta.get("trace_id"), "metadata trace_id") or trace_id,
             span_id=span_id, kind=kind, value=value, label=label, category=category,
             correction=correction, comment=comment,
             source=sys.intern(str(meta.get("llmvigil.source") or "api")),
-            user_id=_str(meta.get("user.id"), "metadata user.id"),
-            session_id=_str(meta.get("session.id"), "metadata session.id")
+            user_id=checked_str(meta.get("user.id"), "metadata user.id"),
+            session_id=checked_str(meta.get("session.id"), "metadata session.id")
             or (target_id if target == "session" else None),
-            feature=_str(meta.get("feature"), "metadata feature"),
+            feature=checked_str(meta.get("feature"), "metadata feature"),
             metadata={k: v for k, v in meta.items() if k not in _SCORE_KEYS})
     return Score(
         id=rid, name=name, time_ns=time_ns, trace_id=trace_id, span_id=span_id,
@@ -495,37 +467,9 @@ def annotation_to_record(raw: Mapping[str, Any], target: str,
 # -- the importer --------------------------------------------------------------------------
 
 
-def _setting(settings: Mapping[str, Any], key: str, *env: str) -> str | None:
-    value = settings.get(key)
-    if value not in (None, ""):
-        return str(value)
-    for name in env:
-        found = os.environ.get(name, "").strip()
-        if found:
-            return found
-    return None
-
-
 def _base_url(setting: str | None) -> str:
     url = (setting or DEFAULT_ENDPOINT).rstrip("/")
     return url[: -len("/v1/traces")] if url.endswith("/v1/traces") else url
-
-
-class _Problems:
-    """Counts problems by reason and logs a few examples of each."""
-
-    def __init__(self, counts: Counter[str], what: str) -> None:
-        self.counts = counts
-        self.what = what
-
-    def add(self, reason: str, where: str) -> None:
-        self.counts[reason] += 1
-        n = self.counts[reason]
-        if n <= _EXAMPLES_PER_REASON:
-            _log.warning("phoenix importer: %s %s: %s", where, self.what, reason)
-        if n == _EXAMPLES_PER_REASON:
-            _log.warning("phoenix importer: further %s for %r are counted, not logged",
-                         self.what, reason)
 
 
 class PhoenixImporter:
@@ -553,15 +497,15 @@ class PhoenixImporter:
         except ImportError as exc:
             raise MissingExtraError("phoenix", "phoenix", exc.name or "httpx") from exc
         self._httpx = httpx
-        self.endpoint = _base_url(_setting(settings, "endpoint", "PHOENIX_COLLECTOR_ENDPOINT"))
-        self.project = _setting(settings, "project", "PHOENIX_PROJECT",
+        self.endpoint = _base_url(setting(settings, "endpoint", "PHOENIX_COLLECTOR_ENDPOINT"))
+        self.project = setting(settings, "project", "PHOENIX_PROJECT",
                                 "PHOENIX_PROJECT_NAME") or "default"
         raw_headers = settings.get("headers") or {}
         if not isinstance(raw_headers, Mapping):
             raise ConfigError("importer phoenix: headers: expected a mapping of header name "
                               "to value")
         self._headers = {str(k).lower(): str(v) for k, v in raw_headers.items()}
-        api_key = _setting(settings, "api_key", "PHOENIX_API_KEY")
+        api_key = setting(settings, "api_key", "PHOENIX_API_KEY")
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
         try:
@@ -593,9 +537,9 @@ class PhoenixImporter:
         Raises:
             PhoenixReadError: the page could not be read.
         """
-        delay = self.backoff_s
-        where = f"page {page} ({'cursor ' + repr(cursor) if cursor else 'first page'})"
-        for attempt in range(1 + self.max_retries):
+        where = f"page {page} ({page_place(cursor)})"
+
+        def attempt() -> Any:
             status: int | None = None
             try:
                 response = client.get(path, params=params)
@@ -609,18 +553,17 @@ class PhoenixImporter:
                 problem = f"{type(exc).__name__}: {exc}"
             except ValueError:
                 problem = "the answer is not JSON"
-            transient = status is None or status in _RETRY_STATUSES or status >= 500
-            if transient and attempt < self.max_retries:
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            tries = f" after {attempt + 1} attempts" if attempt else ""
-            raise PhoenixReadError(
-                f"Phoenix {self.endpoint}: GET {path} {where} failed{tries}: {problem}; "
-                f"{self._records} records were read before it",
-                request=f"GET {path}", page=page, cursor=cursor, status=status,
+            return Failure(problem, status, is_transient(status))
+
+        def give_up(failure: Failure, tries: str) -> PhoenixReadError:
+            return PhoenixReadError(
+                f"Phoenix {self.endpoint}: GET {path} {where} failed{tries}: "
+                f"{failure.problem}; {self._records} records were read before it",
+                request=f"GET {path}", page=page, cursor=cursor, status=failure.status,
                 records=self._records)
-        raise AssertionError("unreachable")
+
+        return with_retries(attempt, max_retries=self.max_retries, backoff_s=self.backoff_s,
+                            give_up=give_up)
 
     def _check_project(self, client: Any, project: str) -> dict[str, Any]:
         """The project's REST description; a clear error naming the known ones if absent.
@@ -669,7 +612,7 @@ class PhoenixImporter:
 
         Annotations are not counted: Phoenix has no count of them per project.
         """
-        if "spans" not in set(options.get("kinds") or RECORD_KINDS):
+        if "spans" not in wanted_kinds(options):
             return None
         project = str(options.get("project") or self.project)
         time_range: dict[str, str] = {}
@@ -688,8 +631,7 @@ class PhoenixImporter:
                 count = int(response.json()["data"]["node"]["recordCount"])
         except Exception:
             return None
-        limit = options.get("limit")
-        return min(count, int(limit)) if limit is not None else count
+        return limited(count, options)
 
     #: The brief's name for :meth:`estimate`.
     total = estimate
@@ -703,7 +645,7 @@ class PhoenixImporter:
         Raises (from the generator):
             PhoenixReadError: a page failed for good; ConfigError: no such project.
         """
-        kinds = set(options.get("kinds") or RECORD_KINDS)
+        kinds = wanted_kinds(options)
         project = str(options.get("project") or self.project)
         self.skipped.clear()
         self.pages = 0
@@ -717,7 +659,7 @@ class PhoenixImporter:
         limit = options.get("limit")
         after = options.get("after") or {}
         since, until = options.get("since_ns"), options.get("until_ns")
-        problems = _Problems(self.skipped, "skipped")
+        problems = Problems(_log, "phoenix importer", "skipped", self.skipped)
         buffered: list[Score | SessionEvent | SafetyVerdict] = []
         with self._client() as client:
             self._check_project(client, project)
@@ -727,8 +669,7 @@ class PhoenixImporter:
                     continue
                 if "spans" not in kinds:
                     continue
-                mark = after.get("spans")
-                if mark is not None and record_key(item) <= tuple(mark):
+                if not past_resume_point(item, after.get("spans")):
                     continue
                 yield item
                 self._records += 1
@@ -739,10 +680,8 @@ class PhoenixImporter:
             kind = {Score: "scores", SessionEvent: "session_events",
                     SafetyVerdict: "safety_verdicts"}[type(record)]
             t = record.time_ns
-            mark = after.get(kind)
             return kind in kinds and (since is None or t >= since) and \
-                (until is None or t < until) and \
-                (mark is None or record_key(record) > tuple(mark))
+                (until is None or t < until) and past_resume_point(record, after.get(kind))
 
         for record in sorted(filter(wanted, buffered), key=record_key):
             yield record
@@ -755,7 +694,7 @@ class PhoenixImporter:
                          ", ".join(f"{n} {r}" for r, n in self.skipped.most_common()))
 
     def _spans(self, client: Any, project: str, options: Mapping[str, Any], kinds: set[str],
-               buffered: list[Any], problems: _Problems) -> Iterator[Span | Skipped]:
+               buffered: list[Any], problems: Problems) -> Iterator[Span | Skipped]:
         """The spans in ``(start, id)`` order; each page's annotations into ``buffered``."""
         path = f"v1/projects/{project}/spans"
         params: dict[str, Any] = {"limit": self.page_size}
@@ -766,10 +705,9 @@ class PhoenixImporter:
             _log.warning("phoenix importer: Phoenix at %s cannot sort spans by start time: "
                          "reading them all to sort them in memory (upgrade Phoenix to "
                          "stream them)", self.endpoint)
-        since = options.get("since_ns")
-        mark = (options.get("after") or {}).get("spans")
-        if mark is not None and kinds <= {"spans"}:
-            since = max(int(since or 0), int(mark[0]))
+        # Only spans wanted: start at their resume point (annotations may be older).
+        since = resume_since(options, {"spans"}) if kinds <= {"spans"} \
+            else options.get("since_ns")
         if since is not None:
             params["start_time"] = _iso(int(since))
         if options.get("until_ns") is not None:
@@ -838,22 +776,22 @@ class PhoenixImporter:
         except self._httpx.HTTPError:
             return True  # let the first page report the failure
 
-    def _span(self, raw: Any, page: int, problems: _Problems) -> Span | Skipped:
+    def _span(self, raw: Any, page: int, problems: Problems) -> Span | Skipped:
         context = raw.get("context") if isinstance(raw, dict) else None
         rid = context.get("span_id") if isinstance(context, dict) else None
         rid = str(rid) if rid else None
         try:
             if not isinstance(raw, dict):
-                raise _Bad("not a JSON object")
+                raise BadRecord("not a JSON object")
             return span_to_record(raw)
-        except _Bad as exc:
+        except BadRecord as exc:
             reason = f"malformed span: {exc}"
             problems.add(reason, f"span {rid}" if rid else f"a span on page {page}")
             return Skipped(reason, f"Phoenix project {self.project}, page {page}", rid, "spans")
 
     def _annotations(self, client: Any, project: str, spans: list[Span],
                      seen_traces: set[str], seen_sessions: set[str], page: int,
-                     problems: _Problems) -> Iterator[Any]:
+                     problems: Problems) -> Iterator[Any]:
         """The annotations of these spans, of their new traces and new sessions."""
         trace_of = {s.id: s.trace_id for s in spans}
         traces = sorted({s.trace_id for s in spans} - seen_traces)
@@ -865,9 +803,9 @@ class PhoenixImporter:
             for raw in self._annotation_pages(client, project, target, ids, page):
                 try:
                     if not isinstance(raw, dict):
-                        raise _Bad("not a JSON object")
+                        raise BadRecord("not a JSON object")
                     yield annotation_to_record(raw, target, trace_of)
-                except _Bad as exc:
+                except BadRecord as exc:
                     rid = raw.get("identifier") or raw.get("id") if isinstance(raw, dict) \
                         else None
                     reason = f"malformed {target} annotation: {exc}"

@@ -57,11 +57,10 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError, MissingExtraError, VigilError
+from ..core.errors import ConfigError, MissingExtraError
 from ..core.migrate import Skipped, record_key
 from ..core.model import (
     SPAN_KINDS,
@@ -76,6 +75,16 @@ from ..core.model import (
 )
 from ..plugins.hookspecs import hookimpl
 from ..plugins.types import RECORD_KINDS, ImporterInfo
+from ._common import (
+    BadRecord,
+    ImporterReadError,
+    Problems,
+    checked_str,
+    iso_time_us_ns,
+    past_resume_point,
+    setting,
+    wanted_kinds,
+)
 
 __all__ = ["WandbImporter", "WandbReadError", "parse_metric_key", "table_row_to_record"]
 
@@ -89,15 +98,13 @@ TABLES: dict[str, str] = {
     "llmvigil/session_events": "session_events",
     "llmvigil/safety_verdicts": "safety_verdicts", "llmvigil/alerts": "alerts",
 }
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_EXAMPLES_PER_REASON = 5
 _KIND_OF = {Span: "spans", Score: "scores", SessionEvent: "session_events",
             SafetyVerdict: "safety_verdicts", Alert: "alerts", Metric: "metrics"}
 
 Item = Record | Skipped
 
 
-class WandbReadError(VigilError):
+class WandbReadError(ImporterReadError):
     """A run could not be read (wandb's reader failed, or the W&B API errored).
 
     The message names the run and the last history step read from it.
@@ -109,40 +116,15 @@ class WandbReadError(VigilError):
         self.step = step
 
 
-class _Bad(Exception):
-    """A record that cannot be mapped; the message is the reason, without the id."""
-
-
 # -- small parsers ----------------------------------------------------------------------
-
-
-def _time_ns(value: Any, what: str) -> int:
-    if not isinstance(value, str) or not value:
-        raise _Bad(f"{what} is missing" if value in (None, "") else
-                   f"{what} is not an ISO 8601 time ({value!r})")
-    try:
-        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise _Bad(f"{what} is not an ISO 8601 time ({value!r})") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return (dt - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def _seconds_ns(value: Any, what: str) -> int:
     """Epoch seconds (a float) as ns, to the microsecond a float of today can hold."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not math.isfinite(value):
-        raise _Bad(f"{what} is not a time in epoch seconds ({value!r})")
+        raise BadRecord(f"{what} is not a time in epoch seconds ({value!r})")
     return round(value * 1e6) * 1000
-
-
-def _str(value: Any, what: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, (dict, list)):
-        raise _Bad(f"{what} is not a string ({type(value).__name__})")
-    return str(value)
 
 
 def _number(value: Any, what: str) -> float | None:
@@ -150,7 +132,7 @@ def _number(value: Any, what: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not math.isfinite(value):
-        raise _Bad(f"{what} is not a number ({value!r})")
+        raise BadRecord(f"{what} is not a number ({value!r})")
     return float(value)
 
 
@@ -159,7 +141,7 @@ def _count(value: Any, what: str) -> int:
     if number is None:
         return 0
     if number < 0 or number != int(number):
-        raise _Bad(f"{what} is not a token count ({value!r})")
+        raise BadRecord(f"{what} is not a token count ({value!r})")
     return int(number)
 
 
@@ -170,9 +152,9 @@ def _json_object(value: Any, what: str) -> dict[str, Any]:
         try:
             value = json.loads(value)
         except ValueError:
-            raise _Bad(f"{what} is malformed JSON") from None
+            raise BadRecord(f"{what} is malformed JSON") from None
     if not isinstance(value, dict):
-        raise _Bad(f"{what} is not a JSON object")
+        raise BadRecord(f"{what} is not a JSON object")
     return value
 
 
@@ -194,10 +176,10 @@ def parse_metric_key(key: str) -> tuple[str, dict[str, str]]:
     comma was inside a value.
 
     Raises:
-        _Bad: ``key`` is not a ``monitor/`` key.
+        BadRecord: ``key`` is not a ``monitor/`` key.
     """
     if not key.startswith(METRIC_PREFIX):
-        raise _Bad(f"{key!r} is not a {METRIC_PREFIX} key")
+        raise BadRecord(f"{key!r} is not a {METRIC_PREFIX} key")
     body = key[len(METRIC_PREFIX):]
     brace = body.find("{")
     if brace < 0 or not body.endswith("}"):
@@ -213,7 +195,7 @@ def parse_metric_key(key: str) -> tuple[str, dict[str, str]]:
         elif last is not None:
             labels[last] += "," + piece
         else:
-            raise _Bad(f"metric key {key!r}: labels are not name=value")
+            raise BadRecord(f"metric key {key!r}: labels are not name=value")
     return name, labels
 
 
@@ -234,33 +216,34 @@ def metric_id(name: str, labels: Mapping[str, str], time_ns: int, value: float) 
 def _span(row: Mapping[str, Any]) -> Span:
     span_id, trace_id = row.get("span_id"), row.get("trace_id")
     if not isinstance(span_id, str) or not span_id:
-        raise _Bad("span_id is missing")
+        raise BadRecord("span_id is missing")
     if not isinstance(trace_id, str) or not trace_id:
-        raise _Bad("trace_id is missing")
-    start_ns = _time_ns(row.get("start"), "start")
+        raise BadRecord("trace_id is missing")
+    start_ns = iso_time_us_ns(row.get("start"), "start")
     duration = _number(row.get("duration_s"), "duration_s") or 0.0
     tokens = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
     usage = None
     if any(row.get(t) is not None for t in tokens):
         usage = Usage(*(_count(row.get(t), t) for t in tokens))
-    tags = _str(row.get("tags"), "tags")
-    kind = _str(row.get("kind"), "kind") or "span"
-    status = _str(row.get("status"), "status") or "unset"
+    tags = checked_str(row.get("tags"), "tags")
+    kind = checked_str(row.get("kind"), "kind") or "span"
+    status = checked_str(row.get("status"), "status") or "unset"
     return Span(
-        id=span_id, trace_id=trace_id, parent_id=_str(row.get("parent_id"), "parent_id"),
-        name=_str(row.get("name"), "name") or "",
+        id=span_id, trace_id=trace_id, parent_id=checked_str(row.get("parent_id"), "parent_id"),
+        name=checked_str(row.get("name"), "name") or "",
         kind=sys.intern(kind) if kind in SPAN_KINDS else "span",
         start_ns=start_ns, end_ns=start_ns + round(duration * 1e9),
-        status=sys.intern(status), error=_str(row.get("error"), "error"),
+        status=sys.intern(status), error=checked_str(row.get("error"), "error"),
         input=_content(row.get("input")), output=_content(row.get("output")),
-        model=_str(row.get("model"), "model"), provider=_str(row.get("provider"), "provider"),
+        model=checked_str(row.get("model"), "model"),
+        provider=checked_str(row.get("provider"), "provider"),
         usage=usage, cost_usd=_number(row.get("cost_usd"), "cost_usd"),
         ttft_s=_number(row.get("ttft_s"), "ttft_s"),
-        user_id=_str(row.get("user_id"), "user_id"),
-        session_id=_str(row.get("session_id"), "session_id"),
-        feature=_str(row.get("feature"), "feature"),
-        environment=_str(row.get("environment"), "environment"),
-        release=_str(row.get("release"), "release"),
+        user_id=checked_str(row.get("user_id"), "user_id"),
+        session_id=checked_str(row.get("session_id"), "session_id"),
+        feature=checked_str(row.get("feature"), "feature"),
+        environment=checked_str(row.get("environment"), "environment"),
+        release=checked_str(row.get("release"), "release"),
         tags=tags.split(",") if tags else [], metadata=_json_object(row.get("metadata"),
                                                                     "metadata"))
 
@@ -268,67 +251,68 @@ def _span(row: Mapping[str, Any]) -> Span:
 def _id(row: Mapping[str, Any]) -> str:
     rid = row.get("id")
     if not isinstance(rid, str) or not rid:
-        raise _Bad("id is missing")
+        raise BadRecord("id is missing")
     return rid
 
 
 def _score(row: Mapping[str, Any]) -> Score:
-    name = _str(row.get("name"), "name")
+    name = checked_str(row.get("name"), "name")
     if name is None:
-        raise _Bad("name is missing")
+        raise BadRecord("name is missing")
     return Score(
-        id=_id(row), name=name, time_ns=_time_ns(row.get("time"), "time"),
-        trace_id=_str(row.get("trace_id"), "trace_id"),
-        span_id=_str(row.get("span_id"), "span_id"),
-        kind=sys.intern(_str(row.get("kind"), "kind") or "custom"),
-        value=_number(row.get("value"), "value"), label=_str(row.get("label"), "label"),
-        category=_str(row.get("category"), "category"),
-        correction=_str(row.get("correction"), "correction"),
-        comment=_str(row.get("comment"), "comment"),
-        source=sys.intern(_str(row.get("source"), "source") or "api"),
-        user_id=_str(row.get("user_id"), "user_id"),
-        session_id=_str(row.get("session_id"), "session_id"),
-        feature=_str(row.get("feature"), "feature"),
+        id=_id(row), name=name, time_ns=iso_time_us_ns(row.get("time"), "time"),
+        trace_id=checked_str(row.get("trace_id"), "trace_id"),
+        span_id=checked_str(row.get("span_id"), "span_id"),
+        kind=sys.intern(checked_str(row.get("kind"), "kind") or "custom"),
+        value=_number(row.get("value"), "value"), label=checked_str(row.get("label"), "label"),
+        category=checked_str(row.get("category"), "category"),
+        correction=checked_str(row.get("correction"), "correction"),
+        comment=checked_str(row.get("comment"), "comment"),
+        source=sys.intern(checked_str(row.get("source"), "source") or "api"),
+        user_id=checked_str(row.get("user_id"), "user_id"),
+        session_id=checked_str(row.get("session_id"), "session_id"),
+        feature=checked_str(row.get("feature"), "feature"),
         metadata=_json_object(row.get("metadata"), "metadata"))
 
 
 def _session_event(row: Mapping[str, Any]) -> SessionEvent:
-    session, event = _str(row.get("session_id"), "session_id"), _str(row.get("event"),
+    session, event = checked_str(row.get("session_id"), "session_id"), checked_str(row.get("event"),
                                                                        "event")
     if session is None or event is None:
-        raise _Bad("session_id or event is missing")
+        raise BadRecord("session_id or event is missing")
     return SessionEvent(
-        id=_id(row), session_id=session, event=event, time_ns=_time_ns(row.get("time"),
+        id=_id(row), session_id=session, event=event, time_ns=iso_time_us_ns(row.get("time"),
                                                                           "time"),
-        user_id=_str(row.get("user_id"), "user_id"),
-        trace_id=_str(row.get("trace_id"), "trace_id"),
-        feature=_str(row.get("feature"), "feature"),
+        user_id=checked_str(row.get("user_id"), "user_id"),
+        trace_id=checked_str(row.get("trace_id"), "trace_id"),
+        feature=checked_str(row.get("feature"), "feature"),
         metadata=_json_object(row.get("metadata"), "metadata"))
 
 
 def _safety_verdict(row: Mapping[str, Any]) -> SafetyVerdict:
-    action = _str(row.get("action"), "action")
+    action = checked_str(row.get("action"), "action")
     if action is None:
-        raise _Bad("action is missing")
+        raise BadRecord("action is missing")
     return SafetyVerdict(
-        id=_id(row), action=action, time_ns=_time_ns(row.get("time"), "time"),
-        reason=_str(row.get("reason"), "reason") or "",
-        category=_str(row.get("category"), "category"),
-        decided_by=_str(row.get("decided_by"), "decided_by"),
-        trace_id=_str(row.get("trace_id"), "trace_id"),
-        span_id=_str(row.get("span_id"), "span_id"),
+        id=_id(row), action=action, time_ns=iso_time_us_ns(row.get("time"), "time"),
+        reason=checked_str(row.get("reason"), "reason") or "",
+        category=checked_str(row.get("category"), "category"),
+        decided_by=checked_str(row.get("decided_by"), "decided_by"),
+        trace_id=checked_str(row.get("trace_id"), "trace_id"),
+        span_id=checked_str(row.get("span_id"), "span_id"),
         metadata=_json_object(row.get("metadata"), "metadata"))
 
 
 def _alert(row: Mapping[str, Any]) -> Alert:
-    rule, severity = _str(row.get("rule"), "rule"), _str(row.get("severity"), "severity")
+    rule = checked_str(row.get("rule"), "rule")
+    severity = checked_str(row.get("severity"), "severity")
     if rule is None or severity is None:
-        raise _Bad("rule or severity is missing")
+        raise BadRecord("rule or severity is missing")
     labels = _json_object(row.get("labels"), "labels")
     return Alert(
         id=_id(row), rule=rule, severity=severity,
-        message=_str(row.get("message"), "message") or "",
-        time_ns=_time_ns(row.get("time"), "time"), value=_number(row.get("value"), "value"),
+        message=checked_str(row.get("message"), "message") or "",
+        time_ns=iso_time_us_ns(row.get("time"), "time"), value=_number(row.get("value"), "value"),
         threshold=_number(row.get("threshold"), "threshold"),
         labels={str(k): str(v) for k, v in labels.items()})
 
@@ -343,7 +327,7 @@ def table_row_to_record(kind: str, row: Mapping[str, Any]) -> Record:
     """One row (column name -> value) of the ``kind`` table as its record.
 
     Raises:
-        _Bad: the row cannot be mapped; the message says why.
+        BadRecord: the row cannot be mapped; the message says why.
     """
     return _ROW_MAPPERS[kind](row)
 
@@ -368,9 +352,9 @@ def _table_refs(item: Mapping[str, Any]) -> Iterator[tuple[str, str | None]]:
     for key in TABLES:
         value = item.get(key)
         if isinstance(value, dict) and value.get("_type") == "table-file":
-            yield key, _str(value.get("path"), f"{key}.path")
+            yield key, checked_str(value.get("path"), f"{key}.path")
         elif item.get(f"{key}._type") == "table-file":
-            yield key, _str(item.get(f"{key}.path"), f"{key}.path")
+            yield key, checked_str(item.get(f"{key}.path"), f"{key}.path")
 
 
 def _wandb_files(root: Path) -> list[Path]:
@@ -446,33 +430,6 @@ class _LeetReader:
 # -- the importer ---------------------------------------------------------------------------
 
 
-def _setting(settings: Mapping[str, Any], key: str, *env: str) -> str | None:
-    value = settings.get(key)
-    if value not in (None, ""):
-        return str(value)
-    for name in env:
-        found = os.environ.get(name, "").strip()
-        if found:
-            return found
-    return None
-
-
-class _Problems:
-    """Counts problems by reason and logs a few examples of each."""
-
-    def __init__(self, counts: Counter[str]) -> None:
-        self.counts = counts
-
-    def add(self, reason: str, where: str) -> None:
-        self.counts[reason] += 1
-        n = self.counts[reason]
-        if n <= _EXAMPLES_PER_REASON:
-            _log.warning("wandb importer: %s: skipped: %s", where, reason)
-        if n == _EXAMPLES_PER_REASON:
-            _log.warning("wandb importer: further records skipped for %r are counted, "
-                         "not logged", reason)
-
-
 class WandbImporter:
     """Reads llmvigil's W&B runs back (see the module docstring).
 
@@ -498,20 +455,20 @@ class WandbImporter:
             import wandb  # noqa: F401  (the reader and the API are wandb's)
         except ImportError as exc:
             raise MissingExtraError("wandb", "wandb", exc.name or "wandb") from exc
-        path = _setting(settings, "path")
+        path = setting(settings, "path")
         self.path = Path(path).expanduser() if path else None
-        mode = (_setting(settings, "mode", "WANDB_MODE") or "online").lower()
+        mode = (setting(settings, "mode", "WANDB_MODE") or "online").lower()
         mode = "offline" if self.path is not None or mode == "dryrun" else mode
         if mode not in ("online", "offline"):
             raise ConfigError(f"importer wandb: mode must be online or offline, got {mode!r}")
         self.mode = mode
-        self.project = _setting(settings, "project", "WANDB_PROJECT")
-        self.entity = _setting(settings, "entity", "WANDB_ENTITY")
-        self.dir = _setting(settings, "dir", "WANDB_DIR")
-        self.run_id = _setting(settings, "run_id")
-        self.group = _setting(settings, "group")
-        self._api_key = _setting(settings, "api_key", "WANDB_API_KEY")
-        self.base_url = _setting(settings, "base_url", "WANDB_BASE_URL")
+        self.project = setting(settings, "project", "WANDB_PROJECT")
+        self.entity = setting(settings, "entity", "WANDB_ENTITY")
+        self.dir = setting(settings, "dir", "WANDB_DIR")
+        self.run_id = setting(settings, "run_id")
+        self.group = setting(settings, "group")
+        self._api_key = setting(settings, "api_key", "WANDB_API_KEY")
+        self.base_url = setting(settings, "base_url", "WANDB_BASE_URL")
         try:
             self.timeout_s = float(settings.get("timeout_s", 120.0))
         except (TypeError, ValueError) as exc:
@@ -558,13 +515,13 @@ class WandbImporter:
         def load_table(path: str) -> Any:
             target = (run_dir / "files" / path).resolve()
             if run_dir.resolve() not in target.parents:
-                raise _Bad(f"table path {path!r} leaves the run directory")
+                raise BadRecord(f"table path {path!r} leaves the run directory")
             try:
                 return json.loads(target.read_text(encoding="utf-8"))
             except FileNotFoundError:
-                raise _Bad(f"table file {path} is missing from {run_dir / 'files'}") from None
+                raise BadRecord(f"table file {path} is missing from {run_dir / 'files'}") from None
             except (OSError, ValueError) as exc:
-                raise _Bad(f"table file {path} is unreadable ({exc})") from None
+                raise BadRecord(f"table file {path} is unreadable ({exc})") from None
 
         def problems() -> list[str]:
             return [*(line.strip() for line in reader.stderr.splitlines()
@@ -616,9 +573,9 @@ class WandbImporter:
                 with run.file(path).download(root=tmp, replace=True) as f:
                     return json.load(f)
             except ValueError as exc:
-                raise _Bad(f"table file {path} is unreadable ({exc})") from None
+                raise BadRecord(f"table file {path} is unreadable ({exc})") from None
             except Exception as exc:
-                raise _Bad(f"table file {path} could not be downloaded "
+                raise BadRecord(f"table file {path} could not be downloaded "
                            f"({type(exc).__name__}: {exc})") from None
 
         return _Run(label=label, history=history, load_table=load_table,
@@ -642,8 +599,8 @@ class WandbImporter:
         Raises (from the generator):
             WandbReadError: a run could not be read; ConfigError: no such path.
         """
-        kinds = set(options.get("kinds") or RECORD_KINDS)
-        project = _setting(options, "project") or self.project
+        kinds = wanted_kinds(options)
+        project = setting(options, "project") or self.project
         self.skipped.clear()
         self.duplicates.clear()
         self.runs_read = []
@@ -654,7 +611,7 @@ class WandbImporter:
     def _read(self, runs: Iterator[_Run], options: Mapping[str, Any],
               kinds: set[str]) -> Iterator[Item]:
         found: dict[str, dict[str, Record]] = {k: {} for k in RECORD_KINDS}
-        problems = _Problems(self.skipped)
+        problems = Problems(_log, "wandb importer", "skipped", self.skipped)
         for run in runs:
             yield from self._collect(run, options, kinds, found, problems)
         after = options.get("after") or {}
@@ -664,7 +621,7 @@ class WandbImporter:
         for kind in ordered:
             mark = after.get(kind)
             for record in sorted(found[kind].values(), key=record_key):
-                if mark is not None and record_key(record) <= tuple(mark):
+                if not past_resume_point(record, mark):
                     continue
                 yield record
                 n += 1
@@ -672,7 +629,7 @@ class WandbImporter:
                     return
 
     def _collect(self, run: _Run, options: Mapping[str, Any], kinds: set[str],
-                 found: dict[str, dict[str, Record]], problems: _Problems) -> Iterator[Skipped]:
+                 found: dict[str, dict[str, Record]], problems: Problems) -> Iterator[Skipped]:
         since, until = options.get("since_ns"), options.get("until_ns")
 
         def keep(record: Record) -> None:
@@ -723,7 +680,7 @@ class WandbImporter:
         try:
             stamp = item.get(TIME_KEY, item.get("_timestamp"))
             time_ns = _seconds_ns(stamp, TIME_KEY)
-        except _Bad as exc:
+        except BadRecord as exc:
             yield skip(f"metrics row: {exc}", where, None, "metrics")
             return
         for key in keys:
@@ -731,8 +688,8 @@ class WandbImporter:
                 name, labels = parse_metric_key(key)
                 value = _number(item[key], key)
                 if value is None:
-                    raise _Bad(f"{key} has no value")
-            except _Bad as exc:
+                    raise BadRecord(f"{key} has no value")
+            except BadRecord as exc:
                 yield skip(f"metric: {exc}", where, None, "metrics")
                 continue
             keep(Metric(id=metric_id(name, labels, time_ns, value), name=name, value=value,
@@ -747,9 +704,9 @@ class WandbImporter:
             data = run.load_table(path)
             columns, rows = data.get("columns"), data.get("data")
             if not isinstance(columns, list) or not isinstance(rows, list):
-                raise _Bad(f"table file {path} has no columns/data")
-        except (_Bad, AttributeError) as exc:
-            yield skip(str(exc) if isinstance(exc, _Bad) else
+                raise BadRecord(f"table file {path} has no columns/data")
+        except (BadRecord, AttributeError) as exc:
+            yield skip(str(exc) if isinstance(exc, BadRecord) else
                        f"table file {path} is not a table", where, None, kind)
             return
         id_column = "span_id" if kind == "spans" else "id"
@@ -760,9 +717,9 @@ class WandbImporter:
             rid = str(rid) if rid else None
             try:
                 if not whole:
-                    raise _Bad(f"the row does not match the {len(columns)} columns")
+                    raise BadRecord(f"the row does not match the {len(columns)} columns")
                 record = table_row_to_record(kind, row)
-            except _Bad as exc:
+            except BadRecord as exc:
                 yield skip(f"malformed {kind} row: {exc}", f"{where}, row {i}", rid, kind)
                 continue
             keep(record)

@@ -10,6 +10,7 @@ pluggy-registered adapters to the backends named in the YAML config.
 
 from __future__ import annotations
 
+from .core import safety
 from .core.capture import SpanHandle, current_span, span, trace
 from .core.context import ContextExecutor, run_in_context
 from .core.errors import (
@@ -21,8 +22,8 @@ from .core.errors import (
 )
 from .core.instrument import instrument
 from .core.model import Alert, Metric, SafetyVerdict, Score, SessionEvent, Span, Usage
-from .core import safety
 from .core.monitors import budget
+from .core.report import report
 from .core.runtime import feedback, flush, init, session_event, shutdown
 
 __version__ = "0.1.0"
@@ -48,6 +49,7 @@ __all__ = [
     "flush",
     "init",
     "instrument",
+    "report",
     "run_in_context",
     "safety",
     "session_event",

@@ -45,6 +45,7 @@ from ..core.store_queries import (
     SCHEMA_VERSION,
     TABLES,
     TableSpec,
+    write_spans,
 )
 from ..plugins.hookspecs import hookimpl
 from ..plugins.types import AdapterInfo, Capabilities, ExportResult
@@ -304,7 +305,10 @@ class LocalStore:
 
         def upsert(conn: sqlite3.Connection) -> None:
             for kind, batch in rows.items():
-                conn.executemany(_UPSERTS[kind], batch)
+                if kind == "spans":  # keeps the report's rollup current in this transaction
+                    write_spans(conn, _UPSERTS[kind], batch)
+                else:
+                    conn.executemany(_UPSERTS[kind], batch)
 
         self._transaction(upsert)
         self._fix_sidecar_modes()

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -221,72 +220,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-@app.command()
-def report(
-    config: ConfigOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    since: Annotated[str | None, typer.Option(help="Only records newer than 15m, 2h, 7d "
-                                                   "or an ISO-8601 time.")] = None,
-    store: Annotated[Path | None, typer.Option(help="Local store file (default from config).")]
-    = None,
-) -> None:
-    """Per-feature requests, error rate, latency, tokens and cost from the local store."""
-    from . import store_queries
-
-    cfg = _config(config)
-    path = store or Path(cfg.store.path)
-    try:
-        since_ns = store_queries.parse_since(since) if since else None
-    except ValueError as exc:
-        raise _fail(f"--since: {exc}") from None
-    try:
-        data = store_queries.report(path, since_ns=since_ns)
-    except FileNotFoundError as exc:
-        raise _fail(str(exc), code=1) from None
-    if as_json:
-        out.print_json(json.dumps(data, default=str))
-        return
-    _print_report(data)
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _tokens(n: Any) -> str:
-    n = int(n or 0)
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else str(n)
-
-
-def _print_report(data: dict[str, Any]) -> None:
-    table = Table(title="llmvigil report", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
-                  caption="requests = root spans; latency in seconds; TTFT = mean time to "
-                          "first token of streamed calls")
-    table.add_column("feature", no_wrap=True)
-    for col in ("req", "err", "p50", "p95", "TTFT", "in", "out", "cached", "USD"):
-        table.add_column(col, justify="right", no_wrap=True)
-    rows = list(data.get("features", {}).items())
-    if "totals" in data:
-        rows.append(("[bold]all[/]", data["totals"]))
-    for name, f in rows:
-        table.add_row(
-            name, str(f.get("requests", 0)), _fmt(f.get("error_rate"), ".1%"),
-            _fmt(f.get("latency_p50_s"), ".2f"), _fmt(f.get("latency_p95_s"), ".2f"),
-            _fmt(f.get("ttft_mean_s"), ".2f"), _tokens(f.get("input_tokens")),
-            _tokens(f.get("output_tokens")),
-            _tokens(f.get("cache_read_tokens", 0) + f.get("cache_write_tokens", 0)),
-            "-" if not f.get("cost_usd") and f.get("unpriced_llm_spans")
-            else _fmt(f.get("cost_usd"), ".4f"),
-        )
-    out.print(table)
-
-
 def _mount_subcommands() -> None:
     from .cli_canary import register as register_canary
     from .cli_migrate import app as migrate_app
+    from .cli_report import report as report_command
     from .cli_review import app as review_app
     from .cli_serve import serve
 
+    app.command("report")(report_command)
     register_canary(app)
     app.add_typer(review_app, name="review")
     app.add_typer(migrate_app)  # export, import, migrate, compare

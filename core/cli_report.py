@@ -59,8 +59,9 @@ def report(
                                                    "from now, or an ISO-8601 time.")] = None,
     until: Annotated[str | None, typer.Option(help="End of the range (exclusive), same "
                                                    "forms; default: the last record.")] = None,
-    store: Annotated[Path | None, typer.Option(help="Local store file (default: store.path "
-                                                    "of the config).")] = None,
+    store: Annotated[str | None, typer.Option(help="Local store file (default: store.path "
+                                                   "of the config), or a postgresql:// DSN "
+                                                   "for the fleet's store.")] = None,
     html: Annotated[Path | None, typer.Option("--html", metavar="FILE",
                                               help="Write a self-contained HTML page with "
                                                    "plots to FILE.")] = None,
@@ -69,10 +70,16 @@ def report(
     from .report import build_report
 
     cfg = _config(config)
-    path = store or Path(cfg.store.path)
     since_ns, until_ns = _time("--since", since), _time("--until", until)
     if since_ns is not None and until_ns is not None and until_ns <= since_ns:
         raise _fail(f"--until ({until}) must be after --since ({since})")
+    if store is not None:
+        from .store_postgres import is_postgres_dsn
+
+        if is_postgres_dsn(store):
+            _postgres_report(store, since_ns, until_ns, as_json, html)
+            return
+    path = Path(store) if store else Path(cfg.store.path)
     try:
         data = build_report(path, since_ns=since_ns, until_ns=until_ns,
                             feedback=cfg.monitors.get("feedback"),
@@ -96,3 +103,36 @@ def report(
         from .report.tables import render
 
         render(data, out)
+
+
+def _postgres_report(dsn: str, since_ns: int | None, until_ns: int | None, as_json: bool,
+                     html: Path | None) -> None:
+    """The fleet store's summary: per-feature requests, errors, latency, tokens, cost."""
+    from . import store_postgres
+
+    if until_ns is not None or html is not None:
+        raise _fail("--until and --html read the local store; with a postgresql:// store "
+                    "use --since, --json or the table")
+    try:
+        data = store_postgres.report(dsn, since_ns=since_ns)
+    except VigilError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"llmvigil report: {data['path']}")
+    for col in ("feature", "requests", "errors", "p50 s", "p95 s", "tokens in", "out", "USD"):
+        table.add_column(col, justify="left" if col == "feature" else "right", no_wrap=True)
+    rows = [*data.get("features", {}).items(), ("all", data.get("totals", {}))]
+    for name, f in rows:
+        table.add_row(name, str(f.get("requests", 0)), str(f.get("errors", 0)),
+                      _num(f.get("latency_p50_s")), _num(f.get("latency_p95_s")),
+                      str(f.get("input_tokens", 0)), str(f.get("output_tokens", 0)),
+                      _num(f.get("cost_usd"), ".4f"))
+    out.print(table)
+
+
+def _num(value: object, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)

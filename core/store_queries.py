@@ -757,9 +757,11 @@ def root_durations(conn: sqlite3.Connection, feature: str, window: Window) -> tu
 def ttft_values(
     conn: sqlite3.Connection, feature: str, window: Window
 ) -> tuple[Any, Any, Any]:
-    """``(buckets, ttft_s, durations_ns)`` of the spans of ``feature`` that recorded a TTFT.
+    """``(buckets, ttft_ns, durations_ns)`` of the spans of ``feature`` that recorded a TTFT.
 
-    ``durations_ns`` is the total latency of the same streamed calls.
+    Three int64 numpy arrays; ``durations_ns`` is the total latency of the same
+    streamed calls. The TTFT is read in whole nanoseconds (SQLite turns integers
+    into text four times faster than floats).
     """
     import numpy as np
 
@@ -767,12 +769,13 @@ def ttft_values(
     parts: list[tuple[Any, Any, Any]] = []
     for value in _feature_params(feature):
         row = conn.execute(
-            "SELECT group_concat((start_ns - ?) / ?), group_concat(ttft_s), "
+            "SELECT group_concat((start_ns - ?) / ?), "
+            "group_concat(CAST(ROUND(ttft_s * 1e9) AS INTEGER)), "
             "group_concat(end_ns - start_ns) FROM spans WHERE ttft_s IS NOT NULL "
             "AND feature IS ? AND start_ns >= ? AND start_ns < ?",
             (w.origin_ns, w.bucket_ns, value, w.lo_ns, w.hi_ns),
         ).fetchone()
-        parts.append((_concat(row[0], np.int64), _concat(row[1], np.float64),
+        parts.append((_concat(row[0], np.int64), _concat(row[1], np.int64),
                       _concat(row[2], np.int64)))
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
             np.concatenate([p[2] for p in parts]))

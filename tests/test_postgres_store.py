@@ -674,3 +674,27 @@ def test_throughput_of_batches_of_512(store: PostgresStore, capsys: pytest.Captu
               f"(SQLite store on this machine: {lite_rate:,.0f} spans/s)")
     assert store.count("spans") == n
     assert pg_rate > 1000, "far below the ~15k spans/s measured on a 2-core machine"
+
+
+def test_vigil_report_reads_a_postgres_store(store: PostgresStore, dsn: str) -> None:
+    """`vigil report --store postgresql://...` reads the fleet's store."""
+    import json
+    import subprocess
+    import sys
+
+    from llmvigil.core.model import Span, Usage, new_trace_id
+
+    spans = [Span(trace_id=new_trace_id(), name="req", start_ns=10**18 + i,
+                  end_ns=10**18 + i + 10**8, feature="f", status="error" if i == 0 else "ok",
+                  usage=Usage(3, 4)) for i in range(4)]
+    store.write(spans)
+    result = subprocess.run([sys.executable, "-m", "llmvigil.core.cli", "report", "--json",
+                             "--store", dsn], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["features"]["f"]["requests"] == 4 and data["features"]["f"]["errors"] == 1
+    assert data["totals"]["input_tokens"] == 12
+    table = subprocess.run([sys.executable, "-m", "llmvigil.core.cli", "report", "--store", dsn],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "COLUMNS": "120"})
+    assert table.returncode == 0 and "f" in table.stdout

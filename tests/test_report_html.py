@@ -159,6 +159,19 @@ def _near(rgb: tuple[int, int, int], target: tuple[int, int, int], tol: int = 40
     return all(abs(a - b) <= tol for a, b in zip(rgb, target, strict=True))
 
 
+def _console_errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines()
+            if "CONSOLE" in line or "Uncaught" in line or "Failed to load" in line]
+
+
+def test_the_console_check_sees_a_script_error(tmp_path: Path) -> None:
+    """The control for the check below: a page with a failing script is caught."""
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><script>undefinedFunction()</script></body></html>")
+    run = _run_chromium(tmp_path, "--dump-dom", bad.as_uri())
+    assert any("undefinedFunction" in line for line in _console_errors(run.stderr))
+
+
 def test_the_page_renders_in_a_headless_browser(store: Path, tmp_path: Path) -> None:
     html = tmp_path / "report.html"
     done = vigil_report("--store", str(store), "--html", str(html), cwd=tmp_path)
@@ -167,9 +180,7 @@ def test_the_page_renders_in_a_headless_browser(store: Path, tmp_path: Path) -> 
     run = _run_chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000",
                         html.as_uri())
     assert shot.is_file(), run.stderr[-2000:]
-    console = [line for line in run.stderr.splitlines()
-               if "CONSOLE" in line or "Uncaught" in line or "Failed to load" in line]
-    assert console == []
+    assert _console_errors(run.stderr) == []
 
     width, height, rows = read_png(shot.read_bytes())
     assert (width, height) == (1280, 2000)

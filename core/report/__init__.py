@@ -43,7 +43,8 @@ from ..monitors.feedback import FEEDBACK_KINDS, FeedbackSettings
 from ..monitors.sessions import SessionsSettings
 from ..monitors.windows import parse_settings
 
-__all__ = ["BUCKET_LADDER_S", "MAX_BUCKETS", "build_report", "report", "to_epoch_ns"]
+__all__ = ["BUCKET_LADDER_S", "MAX_BUCKETS", "build_report", "choose_bucket_s", "report",
+           "to_epoch_ns"]
 
 #: Bucket widths the time series may use, smallest first: the report picks the
 #: smallest that cuts the range into at most :data:`MAX_BUCKETS` buckets.
@@ -54,6 +55,8 @@ MAX_BUCKETS = 200
 REPORT_FORMAT = 1
 _SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 _NS = 1_000_000_000
+_BUCKET_SHIFT = 50
+_VALUE_MASK = (1 << _BUCKET_SHIFT) - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -196,8 +199,6 @@ def _read(
     conn: Any, since_ns: int | None, until_ns: int | None, now_ns: int | None,
     fb: FeedbackSettings, ss: SessionsSettings, top_n: int,
 ) -> dict[str, Any]:
-    import numpy as np
-
     tables = sq.report_tables(conn)
     bounds = sq.time_bounds(
         conn,
@@ -216,7 +217,9 @@ def _read(
     if bounds is None:
         return raw
 
-    raw["sums"] = sq.span_sums(conn, window, tables)
+    # A slot emptied by replaced spans keeps a row of zeros: not a feature to show.
+    raw["sums"] = {key: sums for key, sums in sq.span_sums(conn, window, tables).items()
+                   if sums[0] > 0}
     features = sorted({feature for feature, _ in raw["sums"]})
     raw["roots"] = {}
     raw["ttft"] = {}
@@ -240,7 +243,6 @@ def _read(
     )
     raw["alerts"] = sq.alert_rows(conn, window) if "alerts" in tables else []
     raw["safety"] = sq.safety_rows(conn, window) if "safety_verdicts" in tables else []
-    raw["np"] = np
     return raw
 
 
@@ -253,6 +255,8 @@ def _assemble(
     raw: dict[str, Any], store_path: str | Path, since_ns: int | None, until_ns: int | None,
     fb: FeedbackSettings, ss: SessionsSettings, top_n: int,
 ) -> dict[str, Any]:
+    import numpy as np  # only the report needs numpy; keep importing llmvigil light
+
     window: sq.Window | None = raw["window"]
     bounds = raw["bounds"]
     out: dict[str, Any] = {
@@ -273,15 +277,13 @@ def _assemble(
             "session_idle_timeout_s": ss.idle_timeout_s,
         },
     }
-    if bounds is None:
+    if bounds is None or window is None:
         out.update(
-            totals=_figures(_Acc(), None), features={}, top_features=[], top_users=[],
-            users_with_cost=0, alerts=[], safety={"verdicts": 0, "by_action": {}},
-            series=_empty_series(window),
+            totals=_figures(_Acc(), np), features={}, top_features=[], top_users=[],
+            users_with_cost=0, alerts=[], safety=_safety([]),
+            series=_empty_series(window, np),
         )
         return out
-    assert window is not None
-    np = raw["np"]
     accs: dict[str, _Acc] = {}
 
     def acc(feature: str) -> _Acc:
@@ -398,8 +400,8 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def _percentiles(np: Any, parts: list[Any], scale: float) -> list[float | None]:
-    """p50, p95, p99 of the concatenated arrays (times ``scale``), ``None`` when empty."""
-    if np is None or not parts:
+    """p50, p95, p99 of the concatenated arrays (divided by ``scale``), ``None`` when empty."""
+    if not parts:
         return [None, None, None]
     values = np.concatenate(parts) if len(parts) > 1 else parts[0]
     if not values.size:
@@ -413,10 +415,10 @@ def _figures(a: _Acc, np: Any) -> dict[str, Any]:
     s = dict(zip(sq.ROLLUP_FIELDS, a.sums, strict=True))
     requests, errors = int(s["requests"]), int(s["errors"])
     lat = _percentiles(np, a.roots, float(_NS))
-    ttft = _percentiles(np, a.ttft, 1.0)
+    ttft = _percentiles(np, a.ttft, float(_NS))
     stream = _percentiles(np, a.stream, float(_NS))
     latency_mean = None
-    if np is not None and a.roots:
+    if a.roots:
         total = sum(float(np.maximum(d, 0).sum()) for d in a.roots)
         count = sum(int(d.size) for d in a.roots)
         latency_mean = total / count / _NS if count else None
@@ -494,21 +496,23 @@ class _SeriesAcc:
 
     def _per_bucket(self, np: Any, buckets: list[Any], values: list[Any],
                     scale: float) -> list[list[float | None]]:
-        """p50, p95, p99 per bucket, numpy's linear interpolation, all buckets at once."""
+        """p50, p95, p99 per bucket of int64 ``values`` (divided by ``scale``), all at once.
+
+        numpy's linear interpolation, on one sort of ``bucket << 50 | value``: values
+        are nanoseconds, capped at 2**50 (13 days).
+        """
         out: list[list[float | None]] = [[None] * self.n for _ in range(3)]
         if not buckets:
             return out
         b = np.concatenate(buckets)
-        v = np.concatenate(values).astype(np.float64)
         keep = (b >= 0) & (b < self.n)
-        b, v = b[keep], v[keep]
+        b = b[keep]
         if not b.size:
             return out
-        if scale != 1.0:
-            v = np.maximum(v, 0.0) / scale
-        by_value = np.argsort(v)  # then a stable sort by bucket: lexsort is 5x slower
-        order = by_value[np.argsort(b[by_value], kind="stable")]
-        b, v = b[order], v[order]
+        v = np.clip(np.concatenate(values)[keep], 0, _VALUE_MASK)
+        keys = np.sort((b.astype(np.int64) << _BUCKET_SHIFT) | v)
+        b = keys >> _BUCKET_SHIFT
+        v = (keys & _VALUE_MASK).astype(np.float64) / scale
         counts = np.bincount(b, minlength=self.n)
         filled = np.flatnonzero(counts)
         first = (np.cumsum(counts) - counts)[filled]
@@ -533,7 +537,7 @@ class _SeriesAcc:
             return [cast(v) for v in values]
 
         lat = self._per_bucket(np, self.root_buckets, self.root_durations, float(_NS))
-        ttft = self._per_bucket(np, self.ttft_buckets, self.ttft, 1.0)
+        ttft = self._per_bucket(np, self.ttft_buckets, self.ttft, float(_NS))
         requests = col("requests", int)
         errors = col("errors", int)
         pos = col("feedback_positive", int)
@@ -567,10 +571,10 @@ class _SeriesAcc:
         }
 
 
-def _empty_series(window: sq.Window | None) -> dict[str, Any]:
+def _empty_series(window: sq.Window | None, np: Any) -> dict[str, Any]:
     if window is None:
         return {"bucket_s": None, "start_ns": []}
-    return _SeriesAcc(window.buckets).finish(window, None)
+    return _SeriesAcc(window.buckets).finish(window, np)
 
 
 def _alerts(rows: list[tuple[str, str, int, int, bytes]]) -> list[dict[str, Any]]:

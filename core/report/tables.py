@@ -41,8 +41,10 @@ def fmt_seconds(value: float | None) -> str:
 
 
 def fmt_rate(value: float | None) -> str:
-    """``"12.5%"``; ``"0.0%"`` is a rate, ``"-"`` means no data."""
-    return "-" if value is None else f"{value:.1%}"
+    """``"12.5%"``, ``"0.02%"``; ``"0.0%"`` is a rate, ``"-"`` means no data."""
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if 0 < abs(value) < 0.001 else f"{value:.1%}"
 
 
 def fmt_usd(value: float | None) -> str:

@@ -15,9 +15,9 @@ from .checks import CheckMonitor
 from .cost import CostMonitor
 from .drift import DriftMonitor
 from .feedback import FeedbackMonitor
-from .safety import SafetyMonitor
 from .fingerprint import FingerprintMonitor
 from .latency import LatencyMonitor
+from .safety import SafetyMonitor
 from .sessions import SessionsMonitor
 
 __all__ = ["BUILTIN_MONITORS", "build_monitors"]

@@ -222,6 +222,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _mount_subcommands() -> None:
     from .cli_canary import register as register_canary
+    from .cli_demo import register as register_demo
     from .cli_migrate import app as migrate_app
     from .cli_report import report as report_command
     from .cli_review import app as review_app
@@ -229,6 +230,7 @@ def _mount_subcommands() -> None:
 
     app.command("report")(report_command)
     register_canary(app)
+    register_demo(app)
     app.add_typer(review_app, name="review")
     app.add_typer(migrate_app)  # export, import, migrate, compare
     app.command("serve")(serve)

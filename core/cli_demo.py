@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -46,27 +47,37 @@ def _main() -> None:
     """The silent-degradation demo of llmvigil."""
 
 
-def store_report_html(store: Path) -> str | None:
-    """The product's HTML report of the demo's store, when ``llmvigil.core.report.html``
-    exists (``render_html(report_dict) -> str``); ``None`` otherwise."""
-    try:
-        module = importlib.import_module("llmvigil.core.report.html")
-    except ImportError:
-        return None
-    render = getattr(module, "render_html", None)
-    if not callable(render):
-        return None
-    from .store_queries import report
+def store_report_html(store: Path, config_path: Path | None = None) -> str | None:
+    """The product's HTML report (``vigil report --html``) of the demo's store, or
+    ``None`` when :mod:`llmvigil.core.report` is not available or fails.
 
+    ``config_path`` (the demo's config) gives the feedback and session settings the
+    report counts with.
+    """
     try:
-        return str(render(report(store)))
-    except Exception:  # the demo's own page does not depend on it
+        report = importlib.import_module("llmvigil.core.report")
+        html_module = importlib.import_module("llmvigil.core.report.html")
+        build, render = report.build_report, html_module.render_html
+    except Exception:  # absent, or mid-change: the demo's own page does not need it
+        return None
+    monitors: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            monitors = (yaml.safe_load(config_path.read_text()) or {}).get("monitors", {})
+        except (OSError, yaml.YAMLError):
+            monitors = {}
+    try:
+        data = build(store, feedback=monitors.get("feedback"),
+                     sessions=monitors.get("sessions"))
+        return str(render(data))
+    except Exception:
         return None
 
 
 def write_report(result: DemoResult, path: Path) -> Path:
     """Write the run's self-contained HTML report to ``path``."""
-    page = render_html(result.timeline, store_report=store_report_html(result.store_path))
+    page = render_html(result.timeline,
+                       store_report=store_report_html(result.store_path, result.config_path))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
@@ -156,6 +167,9 @@ def demo_command(
               f" spans); config used: {escape(str(result.config_path))}", highlight=False)
     if report_path is not None:
         out.print(f"HTML report: {escape(str(report_path))}", highlight=False)
+    store = escape(str(result.store_path))
+    out.print(f"Look around: [bold]vigil report --store {store}[/], "
+              f"[bold]vigil review list --store {store}[/]", highlight=False)
 
 
 def register(parent: typer.Typer) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "CHECK_WINDOW",
     "DEFAULT_REQUESTS",
     "DEFAULT_SPEED",
+    "MARKER",
     "DemoOptions",
     "DemoResult",
     "demo_config",
@@ -228,24 +229,6 @@ def _user_backends(names: Sequence[str], config: Path | None) -> list[dict[str, 
     return out
 
 
-def _split_monitors(monitors: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
-    """Config sections the runtime builds, and monitors built here because no
-    ``monitors:`` key exists for them yet (drift, safety)."""
-    from ..monitors import BUILTIN_MONITORS
-
-    built: list[Any] = []
-    keep = dict(monitors)
-    if "drift" not in BUILTIN_MONITORS:
-        from ..monitors.drift import DriftMonitor
-
-        built.append(DriftMonitor(keep.pop("drift"), where="demo: monitors.drift"))
-    if "safety" not in BUILTIN_MONITORS:
-        from ..monitors.safety import SafetyMonitor
-
-        built.append(SafetyMonitor(keep.pop("safety"), where="demo: monitors.safety"))
-    return keep, built
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -280,7 +263,6 @@ def run_demo(options: DemoOptions, *,
     extra = _user_backends(options.backends, options.config)
     directory = prepare_directory(Path(options.directory))
     config = demo_config(directory, speed=options.speed, seed=options.seed)
-    config["monitors"], monitors = _split_monitors(config["monitors"])
     config_path = directory / "vigil-demo.yaml"
     config_path.write_text(
         "# The llmvigil configuration `vigil demo` ran with (backends are given on the\n"
@@ -300,7 +282,7 @@ def run_demo(options: DemoOptions, *,
                   transpose_rate=options.transpose_rate,
                   fingerprint_leak=options.fingerprint_leak)
     service = DocumentService(llm)
-    rt = runtime.init(config_path, backends=backends, monitors=monitors)
+    rt = runtime.init(config_path, backends=backends)
     memory = get_memory_backend(instance)
     canary = CanaryProbe(service, script.canary_documents, directory / "vigil.db")
     seen = 0
@@ -332,7 +314,16 @@ def run_demo(options: DemoOptions, *,
         canary.close()
     timeline = build_timeline(script, log, memory, canary_runs=canary.runs,
                               user_limit_usd=USER_USD_PER_HOUR)
+    with memory.lock:  # the backend stays registered: let its records go
+        for held in (memory.spans, memory.scores, memory.session_events, memory.metrics,
+                     memory.alerts, memory.safety_verdicts):
+            held.clear()
     return DemoResult(options, script, log, timeline, directory, directory / "vigil.db",
-                      config_path, [str(b["name"]) for b in backends if b["name"] != "memory"],
+                      config_path, [_key(b) for b in backends if b is not backends[1]],
                       time.perf_counter() - started, canary.runs)
 
+
+def _key(backend: dict[str, Any]) -> str:
+    """How a backend entry is named: ``name`` or ``name:instance``."""
+    instance = backend.get("instance")
+    return str(backend["name"]) if instance is None else f"{backend['name']}:{instance}"

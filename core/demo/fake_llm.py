@@ -33,7 +33,7 @@ __all__ = ["Completion", "FakeLLM", "Release", "Timing", "count_tokens", "transp
 
 _DATE = re.compile(r"\b(\d{2})/(\d{2})/(\d{4})\b")
 _DOCUMENT = re.compile(r"<document>\n?(.*?)\n?</document>", re.DOTALL)
-_EXTRACT = re.compile(r"Extract the (.{1,60}?) from the document", re.IGNORECASE)
+_EXTRACT = re.compile(r'Extract the date labelled "([^"]{1,60})"', re.IGNORECASE)
 _AFTER = re.compile(r"(\d{1,3}) days after the (.{1,40}?)(?:\.|$)", re.IGNORECASE)
 _LABELS = ("invoice", "contract", "letter", "receipt")
 
@@ -149,8 +149,10 @@ class FakeLLM:
             text = _label(document)
         else:
             wanted = _EXTRACT.search(instruction)
-            date = self._extract(document, wanted.group(1) if wanted else "date")
-            text = json.dumps({"date": date})
+            field = wanted.group(1) if wanted else "date"
+            reference = document.lstrip().split("\n", 1)[0].split(" ")[-1]
+            text = json.dumps({"document": reference, "field": field,
+                               "date": self._extract(document, field)})
         transposed = False
         if release.transpose_rate and _DATE.search(text) and \
                 _unit(self.seed, key, "transpose") < release.transpose_rate:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import datetime as dt
+import itertools
 import random
 import threading
 import time
@@ -113,13 +114,13 @@ def make_document(rng: random.Random, kind: str, serial: int, *,
                  "above."]
     elif kind == "contract":
         field_ = "end date"
-        lines = [f"SERVICE CONTRACT C-{serial:05d}", f"Signature date: {_fmt(first)}",
+        lines = [f"SERVICE CONTRACT C-{serial:06d}", f"Signature date: {_fmt(first)}",
                  f"End date: {_fmt(later)}", f"Parties: {company} and {customer}",
                  f"This agreement covers the supply of {rng.choice(_ITEMS)} by {company}. "
                  f"It ends on {_fmt(later)} unless both parties renew it in writing."]
     elif kind == "letter":
         field_ = "reply by"
-        lines = [f"LETTER REF-{serial:05d}", f"Sent: {_fmt(first)}", f"Reply by: {_fmt(later)}",
+        lines = [f"LETTER REF-{serial:06d}", f"Sent: {_fmt(first)}", f"Reply by: {_fmt(later)}",
                  f"From: {company}", f"To: {customer}",
                  f"{company} asks {customer} to confirm the revised delivery schedule. "
                  "A short written answer is enough."]
@@ -223,7 +224,7 @@ def build_script(scenario: Scenario, *, extract_before: int, extract_after: int)
     weights = [rng.lognormvariate(0.0, 0.8) for _ in users]
     verbose_user = users[rng.randrange(n_users // 4, n_users // 2)]
     active = [w if u != verbose_user else 0.0 for u, w in zip(users, weights, strict=True)]
-    cumulative = list(_accumulate(active))
+    cumulative = list(itertools.accumulate(active))
 
     verbose_from = rng.randrange(int(0.1 * n), max(int(0.1 * n) + 1, int(0.3 * n)))
     verbose_slots: set[int] = set()
@@ -246,7 +247,7 @@ def build_script(scenario: Scenario, *, extract_before: int, extract_after: int)
     for i in range(n):
         arrival += rng.expovariate(scenario.rate_per_s)
         draws = (rng.random(), rng.random(), rng.random())
-        serial = 1001 + i
+        serial = rng.randint(10_000, 999_999)  # references carry no trend over time
         if i in verbose_slots or i in unsafe_bodies:
             sessions += 1
             if i in verbose_slots:
@@ -303,14 +304,6 @@ class _Session:
     document: Document
     turns: int
     turn: int = 0
-
-
-def _accumulate(values: list[float]) -> list[float]:
-    out, total = [], 0.0
-    for v in values:
-        total += v
-        out.append(total)
-    return out
 
 
 # -- canaries ------------------------------------------------------------------------------

@@ -54,8 +54,9 @@ SONNET = "claude-sonnet-4-6"
 FEATURE_MODELS = {"extract_dates": HAIKU, "summarise": SONNET, "classify": HAIKU}
 REFUSAL = "Sorry, I can't help with that."
 
-_EXTRACT = ('Extract the {field} from the document below.\n'
-            'Answer with JSON only: {{"date": "DD/MM/YYYY"}}.\n\n'
+_EXTRACT = ('Extract the date labelled "{field}" from the document below.\n'
+            'Answer with JSON only: {{"document": "<reference>", "field": "{field}", '
+            '"date": "DD/MM/YYYY"}}.\n\n'
             "<document>\n{document}\n</document>")
 _SUMMARISE = ("Summarise the document below in two sentences.\n\n"
               "<document>\n{document}\n</document>")
@@ -103,8 +104,8 @@ class DocumentService:
 
     async def call_model(self, prompt: str, *, model: str, key: str) -> Completion:
         """One streamed LLM call, recorded as an ``llm`` span."""
-        with llmvigil.span("anthropic.messages", kind="llm", model=model, provider="anthropic",
-                  operation="chat") as llm_span:
+        with llmvigil.span("anthropic.messages", kind="llm", model=model,
+                           provider="anthropic", operation="chat") as llm_span:
             llm_span.set_input([{"role": "user", "content": prompt}])
             done: Completion | None = None
             async for item in self.llm.stream(model, prompt, key=key):
@@ -184,7 +185,7 @@ class DocumentService:
                         category: str | None = None) -> None:
         """A user's thumbs up/down or correction on a response."""
         llmvigil.feedback(response.trace_id, kind, feature=response.feature, user_id=user_id,
-                 session_id=session_id, correction=correction, category=category)
+                          session_id=session_id, correction=correction, category=category)
 
     @staticmethod
     def record_session(session_id: str, event: str, *, user_id: str,

@@ -43,6 +43,9 @@ class Layer:
     name: str
     rules: tuple[str, ...]
     reference: Literal["update", "cost_spike", "unsafe"]
+    #: The ``feature`` labels an alert may carry to answer the reference (``None``:
+    #: any); an alert about another feature is a false alarm whenever it fires.
+    features: frozenset[str] | None = None
 
 
 LAYERS: tuple[Layer, ...] = (
@@ -50,14 +53,17 @@ LAYERS: tuple[Layer, ...] = (
     Layer("canary", "canary: known answers", ("canary_change",), "update"),
     Layer("date_valid", "check: valid_date", ("checks.date_valid",), "update"),
     Layer("grounding", "check: grounded_dates", ("checks.dates_in_source",), "update"),
-    Layer("drift", "embedding drift", ("drift.*",), "update"),
-    Layer("feedback", "user feedback", ("feedback.*",), "update"),
+    Layer("drift", "embedding drift", ("drift.*",), "update",
+          frozenset(("extract_dates", "summarise"))),
+    Layer("feedback", "user feedback", ("feedback.*",), "update",
+          frozenset(("extract_dates", "summarise", "_all"))),
     Layer("fingerprint", "provider model id", ("fingerprint.*",), "update"),
     Layer("latency", "latency / errors", ("latency.*",), "update"),
     Layer("safety", "safety check", (), "unsafe"),
 )
 _OTHER = Layer("other", "other", ("*",), "update")
-#: The feature whose outputs the update corrupts.
+#: The feature whose outputs the update corrupts (summaries carry dates too; the
+#: labels of classify carry none).
 FEATURE = "extract_dates"
 
 
@@ -135,9 +141,11 @@ class Timeline:
             f"cost spike from request {sc['verbose_from']:,} ({sc['verbose_user']})",
             highlight=False)
         table = Table(title="Timeline", box=box.SIMPLE_HEAD, title_justify="left")
-        for name, justify in (("request", "right"), ("time", "right"), ("layer", "left"),
-                              ("what", "left"), ("values", "left")):
-            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column("request", justify="right", no_wrap=True)
+        table.add_column("time", justify="right", no_wrap=True)
+        table.add_column("layer", no_wrap=True)
+        table.add_column("what", ratio=1)
+        table.add_column("values", ratio=1)
         styles = {"event": "bold yellow", "alert": "bold red", "metric": "dim"}
         for e in self.entries:
             what = e.what + (f" (+{e.repeats} more)" if e.repeats else "")
@@ -146,9 +154,11 @@ class Timeline:
         console.print(table)
         det = Table(title="Detection (measured in this run)", box=box.SIMPLE_HEAD,
                     title_justify="left")
-        for name in ("layer", "fired?", "first alert at request", "delay (requests)",
-                     "delay (s)", "false alarms", "detail"):
-            det.add_column(name, justify="left" if name in ("layer", "detail") else "right")
+        det.add_column("layer", ratio=2)
+        for name in ("fired?", "first alert\nat request", "delay\n(requests)", "delay\n(s)",
+                     "false\nalarms"):
+            det.add_column(name, justify="right", no_wrap=True)
+        det.add_column("detail", ratio=3)
         for d in self.detections:
             det.add_row(
                 d.name, "[green]yes[/]" if d.fired else "[dim]no[/]",
@@ -424,7 +434,8 @@ def _detect(layer: Layer, alerts: list[Alert], clock: _Clock, script: Script, lo
         reference = f"update at request {ref_index:,}"
 
         def relevant(a: Alert) -> bool:
-            return a.time_ns >= ref_ns
+            return a.time_ns >= ref_ns and (layer.features is None
+                                            or a.labels.get("feature") in layer.features)
 
     hits = [a for a in alerts if relevant(a)]
     false = len(alerts) - len(hits)

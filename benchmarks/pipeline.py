@@ -40,6 +40,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +126,17 @@ def otel_rate(endpoint: str, count: Callable[[], int], n: int) -> tuple[float, f
 
 def langsmith_rate(server: Any, n: int) -> tuple[float, float]:
     import langsmith
+    from langsmith import schemas
 
     os.environ["LANGSMITH_TRACING"] = "true"
+    # The SDK's defaults as the real /info gives them (the stand-in's /info has only
+    # two of the keys, and the SDK's batching thread dies on the missing size_limit).
+    config = schemas.BatchIngestConfig(
+        use_multipart_endpoint=True, scale_up_qsize_trigger=1000, scale_up_nthreads_limit=16,
+        scale_down_nempty_trigger=4, size_limit=100, size_limit_bytes=20_971_520)
     client = langsmith.Client(api_url=server.url, api_key=server.api_key,
-                              auto_batch_tracing=True)
+                              auto_batch_tracing=True,
+                              info=schemas.LangSmithInfo(batch_ingest_config=config))
 
     @langsmith.traceable(run_type="llm", name="chat", client=client, project_name="bench",
                          metadata={"ls_provider": "anthropic",
@@ -212,49 +220,45 @@ def throughput(n: int) -> list[tuple[str, str, float, float]]:
     except Exception as exc:
         print(f"  otlp: skipped ({exc})")
     else:
-        for sender in ("llmvigil", "opentelemetry-sdk"):
-            server = FaultyCollector()
-            with scratch() as tmp:
-                if sender == "llmvigil":
-                    run("otlp", sender, lambda s=server, t=tmp: llmvigil_rate(
-                        {"name": "otlp", "endpoint": s.endpoint, "redaction": "full"},
-                        s.distinct, n, t))
-                else:
-                    run("otlp", "BatchSpanProcessor", lambda s=server: otel_rate(
-                        s.endpoint, s.distinct, n))
-            server.stop()
+        otlp = FaultyCollector()
+        with scratch() as tmp:
+            run("otlp", "llmvigil", partial(
+                llmvigil_rate, {"name": "otlp", "endpoint": otlp.endpoint,
+                                "redaction": "full"}, otlp.distinct, n, tmp))
+        otlp.stop()
+        otlp = FaultyCollector()
+        run("otlp", "BatchSpanProcessor", partial(otel_rate, otlp.endpoint, otlp.distinct, n))
+        otlp.stop()
 
     try:
         from langsmith_server import LangSmithServer
     except Exception as exc:
         print(f"  langsmith: skipped ({exc})")
     else:
-        for sender in ("llmvigil", "langsmith.traceable"):
-            with LangSmithServer() as ls, scratch() as tmp:
-                if sender == "llmvigil":
-                    run("langsmith", sender, lambda s=ls, t=tmp: llmvigil_rate(
-                        {"name": "langsmith", "api_key": s.api_key, "endpoint": s.url,
-                         "project": "bench", "redaction": "full"},
-                        lambda: len(s.runs), n, t))
-                else:
-                    run("langsmith", sender, lambda s=ls: langsmith_rate(s, n))
+        with LangSmithServer() as ls, scratch() as tmp:
+            run("langsmith", "llmvigil", partial(
+                llmvigil_rate, {"name": "langsmith", "api_key": ls.api_key,
+                                "endpoint": ls.url, "project": "bench", "redaction": "full"},
+                partial(len, ls.runs), n, tmp))
+        with LangSmithServer() as ls:
+            run("langsmith", "langsmith.traceable", partial(langsmith_rate, ls, n))
 
     try:
         from langfuse_server import LangfuseServer
     except Exception as exc:
         print(f"  langfuse: skipped ({exc})")
     else:
-        for sender in ("llmvigil", "langfuse.observe"):
-            lf = LangfuseServer()
-            with scratch() as tmp:
-                if sender == "llmvigil":
-                    run("langfuse", sender, lambda s=lf, t=tmp: llmvigil_rate(
-                        {"name": "langfuse", "public_key": s.public_key,
-                         "secret_key": s.secret_key, "host": s.url, "redaction": "full"},
-                        lambda: len(s.span_ids()), n, t))
-                else:
-                    run("langfuse", sender, lambda s=lf: langfuse_rate(s, n))
-            lf.close()
+        lf = LangfuseServer()
+        with scratch() as tmp:
+            run("langfuse", "llmvigil", partial(
+                llmvigil_rate, {"name": "langfuse", "public_key": lf.public_key,
+                                "secret_key": lf.secret_key, "host": lf.url,
+                                "redaction": "full"},
+                lambda: len(lf.span_ids()), n, tmp))
+        lf.close()
+        lf = LangfuseServer()
+        run("langfuse", "langfuse.observe", partial(langfuse_rate, lf, n))
+        lf.close()
 
     try:
         from helicone_server import API_KEY, HeliconeServer
@@ -263,9 +267,10 @@ def throughput(n: int) -> list[tuple[str, str, float, float]]:
     else:
         hs = HeliconeServer().start()
         with scratch() as tmp:
-            run("helicone", "llmvigil", lambda: llmvigil_rate(
-                {"name": "helicone", "api_key": API_KEY, "base_url": hs.url,
-                 "api_url": hs.url, "redaction": "full"}, lambda: len(hs.logs), n, tmp))
+            run("helicone", "llmvigil", partial(
+                llmvigil_rate, {"name": "helicone", "api_key": API_KEY, "base_url": hs.url,
+                                "api_url": hs.url, "redaction": "full"},
+                partial(len, hs.logs), n, tmp))
         hs.stop()
     print("  (helicone: no vendor SDK sends custom logs in bulk; phoenix needs its own "
           "server virtualenv, see tests/phoenix_server.py; wandb has no local endpoint)")
@@ -321,7 +326,12 @@ def fill_store(db: Path, n: int) -> float:
 
 
 def report_time(n: int, repeats: int) -> None:
-    from llmvigil.core import store_queries
+    try:  # what `vigil report` runs; older trees only have store_queries.report
+        from llmvigil.core.report import build_report as query
+        name = "report.build_report"
+    except ImportError:
+        from llmvigil.core.store_queries import report as query
+        name = "store_queries.report"
 
     print(f"\n2. `vigil report` over {n:,} spans in the local store")
     with scratch() as tmp:
@@ -331,13 +341,12 @@ def report_time(n: int, repeats: int) -> None:
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            data = store_queries.report(db)
+            query(db)
             times.append(time.perf_counter() - t0)
-        requests = data.get("totals", {}).get("requests")
-        print(f"  store_queries.report in-process: best {min(times):.2f} s, "
-              f"worst {max(times):.2f} s over {repeats} runs ({requests:,} requests)")
+        print(f"  {name} in-process: best {min(times):.2f} s, worst {max(times):.2f} s "
+              f"over {repeats} runs")
         cli = []
-        for _ in range(max(1, repeats // 2)):
+        for _ in range(repeats):
             t0 = time.perf_counter()
             done = subprocess.run([sys.executable, "-m", "llmvigil.core.cli", "report",
                                    "--json", "--store", str(db)], capture_output=True,
@@ -346,20 +355,25 @@ def report_time(n: int, repeats: int) -> None:
             if done.returncode:
                 print(f"  vigil report failed: {done.stderr.decode()[-500:]}")
                 return
+        requests = json.loads(done.stdout).get("totals", {}).get("requests", "?")
         print(f"  `vigil report --json` (fresh process, imports included): best "
-              f"{min(cli):.2f} s")
+              f"{min(cli):.2f} s, worst {max(cli):.2f} s ({requests} requests reported)")
 
 
 # -- 3. memory after a million spans with the backend down -----------------------------------
 
 DOWN_CHILD = textwrap.dedent("""
-    import json, resource, sys, time
+    import json, sys, time
     import llmvigil
     from llmvigil.core.runtime import get_runtime
     n, url, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     def rss_mb():
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * 4096 / 1e6
+    def peak_mb():  # VmHWM, not ru_maxrss: that one keeps the parent's peak across exec
+        with open("/proc/self/status") as fh:
+            line = next(l for l in fh if l.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1e3
     llmvigil.init(backends=[{"name": "otlp", "endpoint": url, "timeout_s": 1}],
                   store={"path": tmp + "/vigil.db"},
                   pipeline={"journal_dir": tmp + "/journal", "journal_max_bytes": "2GB"})
@@ -382,7 +396,7 @@ DOWN_CHILD = textwrap.dedent("""
     box = status["backends"]["otlp"]
     print(json.dumps({
         "rss_before_mb": before, "rss_after_calls_mb": at_end, "rss_after_flush_mb": rss_mb(),
-        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
+        "max_rss_mb": peak_mb(),
         "produced_s": produced_s, "drained_s": drained_s, "peak_queue": peak_queue,
         "queue_size": status["queue_size"], "dropped_queue_full": status["dropped_queue_full"],
         "journaled": box["journaled"], "journal_mb": box["journal_bytes"] / 1e6,

@@ -949,10 +949,9 @@ def _re2() -> Any:
 
 def _sre_parse() -> Any:
     try:
-        from re import _parser  # type: ignore[attr-defined]
+        return importlib.import_module("re._parser")
     except ImportError:  # Python 3.10
-        import sre_parse as _parser
-    return _parser
+        return importlib.import_module("sre_parse")
 
 
 def backtracking_risk(pattern: str, flags: int = 0) -> str | None:

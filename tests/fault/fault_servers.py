@@ -19,13 +19,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from test_adapter_otlp import Collector
-
 __all__ = [
     "MODES",
     "EchoFailServer",
     "FaultyCollector",
+    "free_port",
     "listening_sockets",
+    "monitors_off",
+    "quiet_config",
     "rss_bytes",
     "wait_until",
 ]
@@ -48,20 +49,24 @@ class FaultyCollector:
         self.mode = "ok"
         self.received = 0  # spans accepted, duplicates included
         self.requests = 0
+        self.answered_slowly = 0
         self._ids: set[str] = set()
         self._lock = threading.Lock()
-        self._collector: Collector | None = None
+        self._collector: Any = None  # test_adapter_otlp.Collector
         self._hung: list[threading.Event] = []
         self.port = self._listen(0)
         self.url = f"http://127.0.0.1:{self.port}"
         self.endpoint = f"{self.url}/v1/traces"
 
     def _listen(self, port: int) -> int:
+        # Imported here: it needs the otlp extra, which the other helpers do not.
+        from test_adapter_otlp import Collector
+
         collector = Collector(port=port)
         base: Any = collector.server.RequestHandlerClass
         owner = self
 
-        class Handler(base):  # type: ignore[misc, valid-type]
+        class Handler(base):
             def do_POST(self) -> None:
                 with owner._lock:
                     owner.requests += 1
@@ -75,6 +80,8 @@ class FaultyCollector:
                     return
                 if mode == "slow":
                     time.sleep(owner.slow_s)
+                    with owner._lock:
+                        owner.answered_slowly += 1
                 super().do_POST()
                 owner._harvest(collector)
 
@@ -84,7 +91,7 @@ class FaultyCollector:
         self._collector = collector
         return int(collector.port)
 
-    def _harvest(self, collector: Collector) -> None:
+    def _harvest(self, collector: Any) -> None:
         """Move what the receiver decoded into the id set (and free the protobufs)."""
         with collector.lock:
             spans, collector.spans = collector.spans, []
@@ -226,3 +233,18 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(0.02)
+
+
+def monitors_off() -> dict[str, dict[str, bool]]:
+    """A ``monitors:`` section that turns every built-in monitor off."""
+    from llmvigil.core.monitors import BUILTIN_MONITORS
+
+    return {name: {"enabled": False} for name in BUILTIN_MONITORS}
+
+
+def quiet_config(directory: Path) -> Path:
+    """A config file with every monitor off, for tests about delivery alone: on a
+    2-core machine the monitors would only make them slower to get through."""
+    path = directory / "vigil.yaml"
+    path.write_text(json.dumps({"monitors": monitors_off()}))  # JSON is YAML
+    return path

@@ -9,6 +9,7 @@ destination must end up with exactly the journaled spans, each id once.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -58,8 +59,6 @@ def journaled_span_ids(directory: Path) -> list[str]:
 
 def run_and_kill(backend: dict[str, Any], journal_dir: Path, rng: random.Random) -> int:
     """Start the producer, let the journal grow, SIGKILL it at a random moment."""
-    import json
-
     child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(backend), str(journal_dir)],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import llmvigil
 import pytest
+from fault.fault_servers import monitors_off
 from llmvigil.adapters.memory import get_memory_backend
 from llmvigil.core.journal import Journal
 from llmvigil.core.model import Span, decode_many
@@ -74,7 +76,7 @@ def write_config(tmp_path: Path, journal: Path, max_bytes: int) -> Path:
                      "breaker_failures": 1, "breaker_reset_s": 600},
         "store": {"path": str(tmp_path / "vigil.db")},
         # No monitors: nothing but the spans below is offered while the numbers are read.
-        "monitors": {m: {"enabled": False} for m in ("cost", "latency", "feedback", "sessions")},
+        "monitors": monitors_off(),
     }
     path = tmp_path / "vigil.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
@@ -111,11 +113,11 @@ def test_journal_trouble_keeps_the_app_running_and_is_reported(
     def answer(i: int, prompt: str) -> str:
         return f"answer {i}"
 
-    slowest = 0.0
+    durations = []
     for i in range(N):
         t0 = time.perf_counter()
         assert answer(i, f"{i} " + "lorem ipsum " * 80) == f"answer {i}"
-        slowest = max(slowest, time.perf_counter() - t0)
+        durations.append(time.perf_counter() - t0)
         if i % 100 == 99:
             time.sleep(0.002)
     assert llmvigil.flush(30)
@@ -126,7 +128,8 @@ def test_journal_trouble_keeps_the_app_running_and_is_reported(
 
     # The application and the healthy backend never noticed.
     assert len(get_memory_backend("ok").spans) == N
-    assert slowest < 0.1, f"slowest call {slowest * 1e3:.1f} ms"
+    typical = statistics.median(durations)
+    assert typical < 0.001, f"median call {typical * 1e6:.0f} us"
     # The loss is counted, and every record offered to the down backend is accounted for.
     assert down["dropped"] > 0 and expected_error in (down["journal_error"] or "")
     assert down["journaled"] + down["dropped"] == down["offered"] >= N

@@ -20,18 +20,12 @@ from pathlib import Path
 
 import llmvigil
 import pytest
+from fault.fault_servers import quiet_config
 from llmvigil.adapters.local import LocalStore
 from llmvigil.core.runtime import get_runtime
 from vigil_testing import start
 
 THREADS, PER_THREAD, TASKS = 8, 50_000, 1_000
-
-
-def quiet(tmp_path: Path) -> Path:
-    path = tmp_path / "vigil.yaml"
-    path.write_text("monitors:\n" + "".join(
-        f"  {name}: {{enabled: false}}\n" for name in ("cost", "latency", "feedback", "sessions")))
-    return path
 
 
 @pytest.mark.slow
@@ -40,7 +34,7 @@ def test_threads_and_tasks_at_full_size_keep_every_span_and_parent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The monitors are off so that 402,000 spans fit the time budget of a 2-core box.
-    monkeypatch.setenv("VIGIL_CONFIG", str(quiet(tmp_path)))
+    monkeypatch.setenv("VIGIL_CONFIG", str(quiet_config(tmp_path)))
     # Redaction off: span ids passed as data must come back verbatim (the credit-card
     # detector masks 13-19 digit runs even inside hex ids).
     mem = start(tmp_path, pipeline={"queue_size": 1_000_000}, capture={"redact": []})
@@ -96,7 +90,7 @@ def test_threads_and_tasks_at_full_size_keep_every_span_and_parent(
     for s in spans:
         if s.name == "leaf":
             # The parent id the application saw, recorded as the call's argument.
-            assert s.parent_id == s.input["parent"]  # type: ignore[index]
+            assert s.parent_id == s.input["parent"]
             assert by_id[s.parent_id].trace_id == s.trace_id
         elif s.name == "inner":
             assert s.parent_id == s.attributes["expected_parent"]
@@ -148,7 +142,7 @@ def test_processes_writing_one_store_at_once_store_every_span_once(tmp_path: Pat
 
     with LocalStore(db) as store:
         assert store.count("spans") == procs * per_proc
-        names = collections.Counter(s.name for s in store.read("spans"))  # type: ignore[union-attr]
+        names = collections.Counter(s.name for s in store.read("spans"))
     assert names == collections.Counter(f"p{k}-{i}" for k in range(procs)
                                         for i in range(per_proc))
     assert not list((tmp_path / "journal").rglob("*.batch")), "nothing left undelivered"

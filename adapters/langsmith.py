@@ -54,6 +54,7 @@ import msgspec
 
 from ..core.errors import ConfigError, MissingExtraError
 from ..core.model import Score, SessionEvent, Span, now_ns
+from ..core.redaction import Redactor
 from ..importers._common import http_status_of, setting
 from ..plugins.hookspecs import hookimpl
 from ..plugins.types import AdapterInfo, Capabilities, ExportResult
@@ -67,6 +68,7 @@ __all__ = [
     "trace_uuid",
 ]
 
+_KEY_REDACTOR = Redactor(["api_key"])
 _log = logging.getLogger("llmvigil.adapters.langsmith")
 
 DEFAULT_ENDPOINT = "https://api.smith.langchain.com"
@@ -369,6 +371,7 @@ class LangSmithBackend:
         self.project = (setting(settings, "project", "LANGSMITH_PROJECT", "LANGCHAIN_PROJECT")
                         or str(settings.get("service") or "llm-app"))
         api_key = setting(settings, "api_key", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
+        self._secret = api_key  # only to scrub it from vendor error bodies we log
         host = urlsplit(self.endpoint).hostname or ""
         if api_key is None and (host == "langchain.com" or host.endswith(".langchain.com")):
             raise ConfigError(
@@ -475,6 +478,12 @@ class LangSmithBackend:
             return ExportResult.FAILURE
         return ExportResult.RETRY  # connection errors, timeouts, anything unexpected
 
+    def _scrub(self, text: str) -> str:
+        """A vendor error body without the API key or anything that looks like a key."""
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        return _KEY_REDACTOR.text(text)
+
     def _describe(self, exc: BaseException) -> str:
         # Never the SDK's message: it embeds a partly masked API key.
         status = http_status_of(exc)
@@ -485,7 +494,7 @@ class LangSmithBackend:
             for cur in (exc, exc.__cause__, exc.__context__):
                 response = getattr(cur, "response", None)
                 if response is not None:
-                    text = " " + str(getattr(response, "text", ""))[:300]
+                    text = " " + self._scrub(str(getattr(response, "text", ""))[:300])
                     break
         return f"HTTP {status}{text}"
 

@@ -12,6 +12,7 @@ upsert at the destination.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -52,6 +53,8 @@ class Journal:
         self._seq = 0
         self.appended = 0
         self.dropped = 0
+        #: Batches that could not be read back and were moved aside as ``*.corrupt``.
+        self.corrupt = 0
         self.last_error: str | None = None
         self._bytes: int | None = None
 
@@ -73,7 +76,12 @@ class Journal:
                 tmp = self.directory / f".{name}.tmp"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
-                    os.write(fd, payload)
+                    view = memoryview(payload)
+                    while view:  # a full disk can write part of a batch without raising
+                        written = os.write(fd, view)
+                        if written <= 0:
+                            raise OSError(errno.ENOSPC, "no space left for the batch")
+                        view = view[written:]
                     os.fsync(fd)
                 finally:
                     os.close(fd)
@@ -153,6 +161,8 @@ class Journal:
             bad = path.with_name(path.name + ".corrupt")
             with contextlib.suppress(OSError):
                 os.replace(path, bad)
+            self.corrupt += 1
+            self.last_error = f"unreadable batch moved to {bad.name}"
             _log.error("llmvigil journal: unreadable batch moved to %s: %r", bad, exc)
             return None
 

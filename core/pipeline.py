@@ -322,6 +322,7 @@ class Pipeline:
                 journal_batches=box.journal.pending_count(),
                 journal_bytes=box.journal.size_bytes(),
                 journal_error=box.journal.last_error,
+                journal_corrupt=box.journal.corrupt,
                 breaker_open=box.breaker_open,
             )
             backends[box.name] = counts

@@ -240,7 +240,8 @@ def init(config_path: str | os.PathLike[str] | None = None, /, *,
         config_path: a YAML file; when omitted, ``VIGIL_CONFIG``, then
             ``./vigil.yaml``, then the defaults (the local store) are used.
         plugin_manager: a prepared plugin manager (tests, embedding apps).
-        monitors: extra monitors fed by the worker.
+        monitors: extra monitor objects fed by the worker; a mapping instead is taken
+            as the ``monitors:`` config section.
         **overrides: top-level config sections, e.g. ``backends=["console"]`` or
             ``capture={"inputs": False}``; they win over the file and environment.
 
@@ -251,6 +252,9 @@ def init(config_path: str | os.PathLike[str] | None = None, /, *,
         MissingExtraError: a backend's vendor SDK is not installed.
     """
     global _explicitly_shut_down
+    if isinstance(monitors, Mapping):  # the `monitors:` config section, not instances
+        overrides["monitors"] = dict(monitors)
+        monitors = ()
     config = load_config(config_path, **overrides)
     with _lock:
         if _runtime is not None:

@@ -15,17 +15,17 @@ from typing import Any
 
 __all__ = ["Limits", "to_safe", "truncate"]
 
-_SCALARS = (bool, int, type(None))
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """How much of a value is kept: characters per string, nesting depth, items per
-    container."""
+    container, and nodes in all (shared references would otherwise multiply the work)."""
 
     max_chars: int = 4096
     max_depth: int = 8
     max_items: int = 100
+    max_nodes: int = 10_000
 
 
 def truncate(text: str, max_chars: int) -> str:
@@ -36,67 +36,116 @@ def truncate(text: str, max_chars: int) -> str:
 
 
 def to_safe(value: Any, limits: Limits = Limits()) -> Any:
-    """Return ``value`` as JSON-able data within ``limits``; never raises."""
+    """Return ``value`` as JSON-able data within ``limits``; never raises.
+
+    One element that cannot be read (its ``__repr__``, ``items()`` or iteration
+    raises) becomes a placeholder string; its siblings are kept.
+    """
     try:
-        return _convert(value, limits, 0, set())
+        return _Walk(limits).convert(value, 0)
     except Exception as exc:  # the last line of defence: a value we cannot walk at all
         return f"<unserialisable {type(value).__name__}: {type(exc).__name__}>"
 
 
-def _convert(value: Any, limits: Limits, depth: int, seen: set[int]) -> Any:
-    if isinstance(value, _SCALARS):
-        return value
-    if isinstance(value, str):
-        return truncate(value, limits.max_chars)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raw = bytes(value[: limits.max_chars])
-        note = "" if len(value) <= limits.max_chars else f"...[{len(value)} bytes]"
-        return {"$bytes": base64.b64encode(raw).decode("ascii") + note}
-    if depth >= limits.max_depth:
-        return f"<{type(value).__name__} nested too deep>"
-    key = id(value)
-    if key in seen:
-        return f"<cycle {type(value).__name__}>"
-    seen.add(key)
-    try:
-        return _convert_container(value, limits, depth, seen)
-    finally:
-        seen.discard(key)
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 
 
-def _convert_container(value: Any, limits: Limits, depth: int, seen: set[int]) -> Any:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for i, (k, v) in enumerate(list(value.items())):
-            if i >= limits.max_items:
-                out["..."] = f"{len(value) - limits.max_items} more items"
-                break
-            out[k if isinstance(k, str) else _safe_repr(k, limits)] = _convert(
-                v, limits, depth + 1, seen
-            )
-        return out
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = list(value)
-        converted = [_convert(v, limits, depth + 1, seen) for v in items[: limits.max_items]]
-        if len(items) > limits.max_items:
-            converted.append(f"...{len(items) - limits.max_items} more items")
-        return converted
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
-        return _convert(fields, limits, depth, seen)
-    dump = getattr(value, "model_dump", None)  # pydantic v2 models, SDK response objects
-    if callable(dump):
+def _text(value: str, max_chars: int) -> str:
+    text = truncate(str.__str__(value), max_chars)
+    if not text.isascii():
         try:
-            return _convert(dump(), limits, depth, seen)
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: no encoder would take them
+            text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+class _Walk:
+    __slots__ = ("limits", "nodes", "seen")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.nodes = 0
+        self.seen: set[int] = set()
+
+    def convert(self, value: Any, depth: int) -> Any:
+        self.nodes += 1
+        if value is None or value is True or value is False:
+            return value
+        if isinstance(value, int):
+            if isinstance(value, bool):
+                return bool(value)
+            value = int(value)
+            return value if _INT_MIN <= value <= _INT_MAX else f"<int of {value.bit_length()} bits>"
+        if isinstance(value, str):
+            return _text(value, self.limits.max_chars)
+        if isinstance(value, float):
+            value = float(value)  # subclasses (numpy.float64) become plain floats
+            return value if math.isfinite(value) else repr(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            limit = self.limits.max_chars
+            raw = bytes(value[:limit])
+            note = "" if len(value) <= limit else f"...[{len(value)} bytes]"
+            return {"$bytes": base64.b64encode(raw).decode("ascii") + note}
+        if depth >= self.limits.max_depth:
+            return f"<{type(value).__name__} nested too deep>"
+        if self.nodes > self.limits.max_nodes:
+            return "...[truncated: value too large]"
+        key = id(value)
+        if key in self.seen:
+            return f"<cycle {type(value).__name__}>"
+        self.seen.add(key)
+        try:
+            return self._container(value, depth)
+        finally:
+            self.seen.discard(key)
+
+    def child(self, value: Any, depth: int) -> Any:
+        try:
+            return self.convert(value, depth)
+        except Exception as exc:
+            return f"<unserialisable {type(value).__name__}: {type(exc).__name__}>"
+
+    def _container(self, value: Any, depth: int) -> Any:
+        limits = self.limits
+        if isinstance(value, Mapping):
+            out: dict[str, Any] = {}
+            for i, (k, v) in enumerate(list(value.items())):
+                if i >= limits.max_items or self.nodes > limits.max_nodes:
+                    out["..."] = f"{len(value) - i} more items"
+                    break
+                name = _text(k, limits.max_chars) if isinstance(k, str) else self.repr(k)
+                out[name] = self.child(v, depth + 1)
+            return out
+        if isinstance(value, (list, tuple, set, frozenset)):
+            items = list(value)
+            converted = []
+            for i, v in enumerate(items[: limits.max_items]):
+                if self.nodes > limits.max_nodes:
+                    converted.append(f"...{len(items) - i} more items")
+                    return converted
+                converted.append(self.child(v, depth + 1))
+            if len(items) > limits.max_items:
+                converted.append(f"...{len(items) - limits.max_items} more items")
+            return converted
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {}
+            for f in dataclasses.fields(value):
+                try:
+                    fields[f.name] = getattr(value, f.name, None)
+                except Exception as exc:
+                    fields[f.name] = f"<unreadable: {type(exc).__name__}>"
+            return self._container(fields, depth)
+        dump = getattr(value, "model_dump", None)  # pydantic v2 models, SDK response objects
+        if callable(dump):
+            try:
+                return self.convert(dump(), depth)
+            except Exception:
+                pass
+        return self.repr(value)
+
+    def repr(self, value: Any) -> str:
+        try:
+            return _text(repr(value), self.limits.max_chars)
         except Exception:
-            pass
-    return _safe_repr(value, limits)
-
-
-def _safe_repr(value: Any, limits: Limits) -> str:
-    try:
-        return truncate(repr(value), limits.max_chars)
-    except Exception:
-        return f"<{type(value).__name__} with failing __repr__>"
+            return f"<{type(value).__name__} with failing __repr__>"

@@ -271,3 +271,12 @@ def test_a_batch_the_backend_keeps_refusing_does_not_block_the_rest(tmp_path: Pa
     assert sorted(delivered) == [f"ok{i}" for i in range(5)]
     assert box.journal.pending_count() == 1
     box.close(1)
+
+
+def test_init_monitors_mapping_is_the_config_section(tmp_path: Path) -> None:
+    from vigil_testing import start
+
+    start(tmp_path, monitors={"latency": {"enabled": False}})
+    rt = runtime.get_runtime()
+    assert rt is not None and rt.config.monitors == {"latency": {"enabled": False}}
+    assert "LatencyMonitor" not in {type(m).__name__ for m in rt.monitors}

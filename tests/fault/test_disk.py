@@ -148,10 +148,6 @@ def test_journal_trouble_keeps_the_app_running_and_is_reported(
     assert str(down["dropped"]) in row.split() and expected_error in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: Journal.append ignores os.write's return value; on a full disk the last "
-    "write is short, and a truncated batch is renamed into place and counted as "
-    "journaled (its records are later moved aside as corrupt, uncounted)"))
 def test_a_full_disk_never_commits_a_truncated_batch(tmp_path: Path) -> None:
     tmp_path.joinpath("fs").mkdir()
     if not _mount_tmpfs(tmp_path / "fs"):

@@ -231,11 +231,7 @@ def vendor_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
     return runs
 
 
-@pytest.mark.parametrize("vendor", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=(
-        "adapter bug: adapters/langsmith.py logs the vendor's error body verbatim; a "
-        "401 that echoes the request puts the x-api-key in llmvigil's own log")))
-    if name == "langsmith" else name for name in VENDORS])
+@pytest.mark.parametrize("vendor", VENDORS)
 def test_a_failing_vendor_never_spills_its_key(vendor_runs: dict[str, Any],
                                               vendor: str) -> None:
     """Every output of the process is grepped for the key: stdout, stderr with every

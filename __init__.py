@@ -10,21 +10,24 @@ pluggy-registered adapters to the backends named in the YAML config.
 
 from __future__ import annotations
 
-from .core import safety
-from .core.capture import SpanHandle, current_span, span, trace
-from .core.context import ContextExecutor, run_in_context
-from .core.errors import (
+# Absolute imports on purpose: pytest imports this file as a plain module when it
+# collects the repository root (a package of any folder name), and relative imports
+# would fail there.
+from llmvigil.core import safety
+from llmvigil.core.capture import SpanHandle, current_span, span, trace
+from llmvigil.core.context import ContextExecutor, run_in_context
+from llmvigil.core.errors import (
     BudgetExceeded,
     ConfigError,
     MissingExtraError,
     UnknownBackendError,
     VigilError,
 )
-from .core.instrument import instrument
-from .core.model import Alert, Metric, SafetyVerdict, Score, SessionEvent, Span, Usage
-from .core.monitors import budget
-from .core.report import report
-from .core.runtime import feedback, flush, init, session_event, shutdown
+from llmvigil.core.instrument import instrument
+from llmvigil.core.model import Alert, Metric, SafetyVerdict, Score, SessionEvent, Span, Usage
+from llmvigil.core.monitors import budget
+from llmvigil.core.report import report
+from llmvigil.core.runtime import feedback, flush, init, session_event, shutdown
 
 __version__ = "0.1.0"
 

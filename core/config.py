@@ -112,7 +112,10 @@ def _parse_size(value: Any) -> Any:
             raise ValueError(expected)
         number, unit, binary = match.groups()
         power = " kmgt".index(unit.lower()) if unit else 0
-        value = int(float(number) * (1024 if binary else 1000) ** power)
+        try:
+            value = int(float(number) * (1024 if binary else 1000) ** power)
+        except (OverflowError, ValueError):  # inf: hundreds of digits
+            raise ValueError(expected) from None
     elif isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -190,7 +193,7 @@ class RedactPattern(_Section):
         """Reject a pattern that is not a valid regular expression."""
         try:
             re.compile(value)
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:
             name = info.data.get("name", "?")
             raise ValueError(
                 f"expected a valid regular expression for pattern {name!r} ({exc})"
@@ -393,6 +396,7 @@ def _read_yaml(file: Path) -> tuple[dict[str, Any], yaml.Node | None]:
         raise ConfigError(f"{file}: not a UTF-8 text file") from None
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read config file: {exc.strerror}") from None
+    root: yaml.Node | None = None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -403,8 +407,22 @@ def _read_yaml(file: Path) -> tuple[dict[str, Any], yaml.Node | None]:
         if exc.context and exc.context_mark and exc.problem:
             problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
         raise ConfigError(f"{at}: invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:  # e.g. a NUL character: a position, not a mark
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(f"{file}:{line}: invalid YAML: character {exc.character!r} "
+                          "is not allowed in a YAML file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{file}:1: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{file}:{_deep_line(text)}: invalid YAML: nested too deeply "
+                          "(or an alias that contains itself)") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        line = _bad_scalar_line(root) if root is not None else 1
+        raise ConfigError(f"{file}:{line}: invalid YAML value: {exc}") from None
+    cycle_line = _cycle_line(root) if root is not None else 0
+    if cycle_line:
+        raise ConfigError(f"{file}:{cycle_line}: an alias refers to the mapping or "
+                          "list that contains it; configs must be trees") from None
     if data is None:
         return {}, root
     if not isinstance(data, dict):
@@ -439,6 +457,71 @@ def _read_env() -> dict[str, Any]:
 
     raw = {k: v for k, v in layer if v is not None}
     return {k: _walk_strings(v, (k,), decode) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def _deep_line(text: str, limit: int = 100) -> int:
+    """The line where YAML nesting first gets deeper than ``limit`` (tokens, no recursion)."""
+    depth = 0
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            name = type(token).__name__
+            if name.endswith("StartToken") and name not in ("StreamStartToken",
+                                                            "DocumentStartToken"):
+                depth += 1
+                if depth > limit:
+                    return int(token.start_mark.line) + 1
+            elif name in ("BlockEndToken", "FlowSequenceEndToken", "FlowMappingEndToken"):
+                depth -= 1
+    except yaml.YAMLError:
+        pass
+    return 1
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _bad_scalar_line(root: yaml.Node) -> int:
+    """The line of the first scalar whose explicit tag (``!!int``...) cannot be built."""
+    constructor = yaml.constructor.SafeConstructor()
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                constructor.construct_object(node, deep=True)
+            except Exception:
+                return int(node.start_mark.line) + 1
+        stack.extend(reversed(_children(node)))
+    return 1
+
+
+def _cycle_line(root: yaml.Node) -> int:
+    """The line of a collection that contains itself through an alias, or 0."""
+    path: set[int] = set()
+    done: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            path.discard(id(node))
+            done.add(id(node))
+            continue
+        if id(node) in path:
+            return int(node.start_mark.line) + 1
+        if id(node) in done:
+            continue
+        path.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node))
+    return 0
 
 
 def _walk_strings(value: Any, loc: Loc, fn: Callable[[str, Loc], Any]) -> Any:
@@ -513,6 +596,8 @@ def _dotted(loc: Loc) -> str:
     """``("backends", 0, "name")`` -> ``"backends[0].name"``."""
     out = ""
     for part in loc:
+        if isinstance(part, str) and not part.isprintable():
+            part = repr(part)  # a line break in a key must not split the message
         out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
     return out or "(top level)"
 

@@ -501,9 +501,8 @@ CONFIG_BUGS = {
                          'capture: {"bad\\nkey": 1}\n'),
 }
 
-
 @pytest.mark.parametrize("case", CONFIG_BUGS)
-@pytest.mark.xfail(strict=True, reason="core bug in core/config.py (see CONFIG_BUGS)")
+
 def test_known_malformed_configs_give_a_located_config_error(tmp_path: Path, case: str) -> None:
     path = tmp_path / "vigil.yaml"
     path.write_text(CONFIG_BUGS[case][1])

@@ -75,15 +75,37 @@ async def awork(x: int) -> int:
     return x * 2
 
 
-def variants(tmp: str) -> dict[str, tuple[Callable[..., Any], Callable[..., Any]]]:
-    """name -> (sync callable, async callable), set up lazily in this order."""
-    out: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {"none": (work, awork)}
+STREAM_ITEMS = 10
+
+
+def stream(x: int):  # type: ignore[no-untyped-def]
+    for i in range(STREAM_ITEMS):
+        yield x + i
+
+
+def consume(fn: Callable[[int], Any]) -> Callable[[int], Any]:
+    """A call that creates the stream and reads it to the end."""
+
+    def call(x: int) -> Any:
+        for _ in fn(x):
+            pass
+
+    return call
+
+
+Variant = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]
+
+
+def variants(tmp: str) -> dict[str, Variant]:
+    """name -> (sync callable, async callable, streaming generator function)."""
+    out: dict[str, Variant] = {"none": (work, awork, stream)}
 
     import llmvigil
 
     llmvigil.init(backends=["local"], store={"path": f"{tmp}/vigil.db"},
                   pipeline={"journal_dir": f"{tmp}/journal"})
-    out["llmvigil.trace"] = (llmvigil.trace(work), llmvigil.trace(awork))
+    out["llmvigil.trace"] = (llmvigil.trace(work), llmvigil.trace(awork),
+                             llmvigil.trace(stream))
 
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -105,7 +127,11 @@ def variants(tmp: str) -> dict[str, tuple[Callable[..., Any], Callable[..., Any]
             with tracer.start_as_current_span("work"):
                 return await awork(x)
 
-        out["opentelemetry span"] = (otel, aotel)
+        def otel_stream(x: int):  # type: ignore[no-untyped-def]
+            with tracer.start_as_current_span("stream"):
+                yield from stream(x)
+
+        out["opentelemetry span"] = (otel, aotel, otel_stream)
     except ImportError:
         print("opentelemetry-sdk not installed: skipped", file=sys.stderr)
 
@@ -113,7 +139,7 @@ def variants(tmp: str) -> dict[str, tuple[Callable[..., Any], Callable[..., Any]
         from langfuse import Langfuse, observe
 
         Langfuse(public_key="pk-lf-bench", secret_key="sk-lf-bench", host=UNREACHABLE)
-        out["langfuse.observe"] = (observe()(work), observe()(awork))
+        out["langfuse.observe"] = (observe()(work), observe()(awork), observe()(stream))
     except ImportError:
         print("langfuse not installed: skipped", file=sys.stderr)
 
@@ -122,7 +148,7 @@ def variants(tmp: str) -> dict[str, tuple[Callable[..., Any], Callable[..., Any]
                           LANGSMITH_API_KEY="lsv2_pt_bench")
         from langsmith import traceable
 
-        out["langsmith.traceable"] = (traceable(work), traceable(awork))
+        out["langsmith.traceable"] = (traceable(work), traceable(awork), traceable(stream))
     except ImportError:
         print("langsmith not installed: skipped", file=sys.stderr)
     return out
@@ -131,21 +157,22 @@ def variants(tmp: str) -> dict[str, tuple[Callable[..., Any], Callable[..., Any]
 def compare(calls: int) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (sync_fn, async_fn) in variants(tmp).items():
+        for name, (sync_fn, async_fn, stream_fn) in variants(tmp).items():
             gc.collect()
             before = rss_mb()
             sync_us = per_call_us(sync_fn, calls)
             async_us = per_call_async_us(async_fn, calls)
+            stream_us = per_call_us(consume(stream_fn), calls // 2)
             gc.collect()
             rows.append({"name": name, "sync_us": sync_us, "async_us": async_us,
-                         "rss_growth_mb": rss_mb() - before})
+                         "stream_us": stream_us, "rss_growth_mb": rss_mb() - before})
         import llmvigil
 
         llmvigil.shutdown(timeout=30)
-    base_sync, base_async = rows[0]["sync_us"], rows[0]["async_us"]
+    base = rows[0]
     for row in rows:
-        row["overhead_sync_us"] = row["sync_us"] - base_sync
-        row["overhead_async_us"] = row["async_us"] - base_async
+        for mode in ("sync", "async", "stream"):
+            row[f"overhead_{mode}_us"] = row[f"{mode}_us"] - base[f"{mode}_us"]
     return rows
 
 
@@ -201,14 +228,15 @@ def main() -> None:
           f"Python {platform.python_version()}")
     rows = compare(args.calls)
     vigil = next(r for r in rows if r["name"] == "llmvigil.trace")
-    print(f"\n{'variant':22} {'sync us':>9} {'overhead':>9} {'async us':>9} {'overhead':>9}"
-          f" {'RSS +MB':>8} {'x llmvigil':>10}")
+    print(f"\nper-call overhead in microseconds over the uninstrumented call "
+          f"(stream: a {STREAM_ITEMS}-item generator read to the end)")
+    print(f"{'variant':22} {'sync':>9} {'async':>9} {'stream':>9} {'RSS +MB':>8} "
+          f"{'x llmvigil (sync)':>18}")
     for r in rows:
         ratio = (r["overhead_sync_us"] / vigil["overhead_sync_us"]
                  if vigil["overhead_sync_us"] > 0 and r["name"] != "none" else float("nan"))
-        print(f"{r['name']:22} {r['sync_us']:9.2f} {r['overhead_sync_us']:9.2f} "
-              f"{r['async_us']:9.2f} {r['overhead_async_us']:9.2f} "
-              f"{r['rss_growth_mb']:8.1f} {ratio:10.1f}")
+        print(f"{r['name']:22} {r['overhead_sync_us']:9.2f} {r['overhead_async_us']:9.2f} "
+              f"{r['overhead_stream_us']:9.2f} {r['rss_growth_mb']:8.1f} {ratio:18.1f}")
     if args.million:
         m = memory_when_backend_down(args.million)
         print(f"\n{m['calls']:,} traced calls with the backend down: {m['seconds']:.1f}s, "

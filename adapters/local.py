@@ -45,6 +45,7 @@ from ..core.store_queries import (
     SCHEMA_VERSION,
     TABLES,
     TableSpec,
+    create_private_file,
     write_spans,
 )
 from ..plugins.hookspecs import hookimpl
@@ -164,14 +165,7 @@ class LocalStore:
         self._closed = False
         self._sidecar_modes_fixed = False
 
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            os.close(fd)
-            os.chmod(self.path, 0o600)  # os.open's mode is filtered by the umask
+        create_private_file(self.path)
         self._init_schema()
 
     # -- connections -------------------------------------------------------

@@ -18,6 +18,7 @@ a write lock and never creates a store that does not exist yet.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 import time
@@ -965,3 +966,19 @@ def parse_since(text: str, *, now_ns: int | None = None) -> int:
         dt = dt.astimezone()  # naive means local time
     delta = dt - _EPOCH
     return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` readable by its owner only (0600; new parent folders 0700).
+
+    An existing file is left as it is. Every SQLite file llmvigil writes (the store,
+    the review queue, the canary history) goes through here: they hold prompts and
+    outputs.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os.chmod(path, 0o600)  # os.open's mode is filtered by the umask

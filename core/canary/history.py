@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import VigilError
+from ..store_queries import create_private_file
 
 __all__ = ["Baseline", "History", "HistoryError", "StoredResult"]
 
@@ -109,14 +110,7 @@ class History:
         self.keep_runs = keep_runs
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                os.close(fd)
-                os.chmod(self.path, 0o600)  # os.open's mode is filtered by the umask
+            create_private_file(self.path)
             self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s,
                                          isolation_level=None, check_same_thread=False)
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")

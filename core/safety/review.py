@@ -29,6 +29,7 @@ from pydantic import Field, field_validator
 from ..errors import VigilError
 from ..model import Score
 from ..redaction import CATEGORIES
+from ..store_queries import create_private_file
 from .rules import Settings
 
 __all__ = [
@@ -170,14 +171,7 @@ class ReviewQueue:
         self.path = Path(path).expanduser()
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                os.close(fd)
-                os.chmod(self.path, 0o600)  # os.open's mode is filtered by the umask
+            create_private_file(self.path)
             self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s,
                                          isolation_level=None, check_same_thread=False)
             self._conn.row_factory = sqlite3.Row

@@ -502,5 +502,6 @@ def llmvigil_adapters() -> list[AdapterInfo]:
             factory=LocalBackend,
             capabilities=CAPABILITIES,
             description="SQLite file on this machine (default)",
+            redaction="full",
         )
     ]

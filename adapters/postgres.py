@@ -708,5 +708,6 @@ def llmvigil_adapters() -> list[AdapterInfo]:
             capabilities=CAPABILITIES,
             description="PostgreSQL store shared by many processes (vigil report reads it)",
             extra="postgres",
+            redaction="full",
         )
     ]

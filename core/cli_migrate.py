@@ -205,7 +205,8 @@ def _destination(pm: Any, cfg: VigilConfig, name: str, opts: Mapping[str, Any]) 
     info = get_adapter(pm, base, where=f"--to {name}")
     settings.setdefault("timeout_s", float(timeout_s or (entry.timeout_s if entry else 10.0)))
     settings.setdefault("service", cfg.service.name)
-    level = str(redaction or (entry.redaction if entry is not None else "masked"))
+    level = str(redaction or (entry.redaction if entry is not None else None)
+                or info.redaction)
     return Destination(name, info, settings, level)
 
 

@@ -144,14 +144,15 @@ class BackendConfig(BaseModel):
     backend-specific keys, which are kept and exposed through :attr:`settings`.
     ``redaction`` says how much content the backend gets: ``full`` (raw content after
     the global redaction), ``masked`` (PII categories masked) or ``none`` (inputs and
-    outputs removed).
+    outputs removed); unset, the adapter's own default applies (``full`` for the
+    ``local`` and ``postgres`` stores, ``masked`` for every vendor).
     """
 
     model_config = ConfigDict(extra="allow", frozen=True, coerce_numbers_to_str=True)
 
     name: str = Field(min_length=1)
     enabled: bool = True
-    redaction: Literal["full", "masked", "none"] = "masked"
+    redaction: Literal["full", "masked", "none"] | None = None
     timeout_s: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="before")

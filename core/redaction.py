@@ -94,6 +94,23 @@ def find_pii(text: str, categories: Iterable[str] = tuple(CATEGORIES)) -> list[t
     return found
 
 
+#: Texts up to this long are remembered with their redacted form (system prompts,
+#: roles and tool names repeat on every call), in a table of at most this many.
+_CACHED_CHARS = 1024
+_CACHE_ENTRIES = 4096
+
+
+def _screen(detectors: tuple[Detector, ...]) -> re.Pattern[str] | None:
+    """One pattern matching wherever any detector could: a text it does not match
+    needs no further work. ``None`` when the patterns cannot be combined (flags)."""
+    if not detectors:
+        return None
+    try:
+        return re.compile("|".join(f"(?:{d.pattern.pattern})" for d in detectors))
+    except re.error:
+        return None
+
+
 def _validated_mask(validate: Callable[[str], bool],
                     mask: str) -> Callable[[re.Match[str]], str]:
     def replace(match: re.Match[str]) -> str:
@@ -112,7 +129,7 @@ class Redactor:
             ``api_key``...), compared case-insensitively.
     """
 
-    __slots__ = ("_detectors", "_keys")
+    __slots__ = ("_cache", "_detectors", "_keys", "_screen")
 
     def __init__(self, categories: Iterable[str] = (),
                  patterns: Iterable[tuple[str, str, str]] = (),
@@ -121,24 +138,40 @@ class Redactor:
         dets += [Detector(name, re.compile(rx), None, repl) for name, rx, repl in patterns]
         self._detectors = tuple(dets)
         self._keys = frozenset(k.lower() for k in keys)
+        self._screen = _screen(self._detectors)
+        self._cache: dict[str, str] = {}
 
     def __bool__(self) -> bool:
         return bool(self._detectors or self._keys)
 
     def text(self, text: str) -> str:
         """Return ``text`` with every validated match replaced by its mask."""
-        for det in self._detectors:
-            if det.validate is None:
-                text = det.pattern.sub(det.mask(), text)
-            else:
-                text = det.pattern.sub(_validated_mask(det.validate, det.mask()), text)
+        cache = self._cache
+        done = cache.get(text)
+        if done is not None:
+            return done
+        original = text
+        screen = self._screen
+        if screen is None or screen.search(text) is not None:
+            for det in self._detectors:
+                if det.validate is None:
+                    text = det.pattern.sub(det.mask(), text)
+                else:
+                    text = det.pattern.sub(_validated_mask(det.validate, det.mask()), text)
+        if len(original) <= _CACHED_CHARS:
+            if len(cache) >= _CACHE_ENTRIES:
+                cache.clear()
+            cache[original] = text
         return text
 
     def data(self, value: Any) -> Any:
         """Return a redacted copy of JSON-like ``value`` (strings, lists, dicts)."""
-        if isinstance(value, str):
+        kind = type(value)
+        if kind is str:
             return self.text(value)
-        if isinstance(value, Mapping):
+        if kind is list:
+            return [self.data(v) for v in value]
+        if kind is dict or isinstance(value, Mapping):
             return {
                 k: "[REDACTED]" if isinstance(k, str) and k.lower() in self._keys
                 else self.data(v)

@@ -102,7 +102,7 @@ class Runtime:
                 outboxes.append(Outbox(
                     bc.key, _exporter(hooks),
                     Journal(journal_root / bc.key.replace(":", "_"), pipe.journal_max_bytes),
-                    outbox_settings, info.capabilities.can_hold, backend_view(bc.redaction),
+                    outbox_settings, info.capabilities.can_hold, backend_view(bc.redaction or info.redaction),
                 ))
         except BaseException:
             for box in outboxes:

@@ -70,6 +70,8 @@ class _Walk:
 
     def convert(self, value: Any, depth: int) -> Any:
         self.nodes += 1
+        if type(value) is str and value.isascii() and len(value) <= self.limits.max_chars:
+            return value  # the common case, already safe
         if value is None or value is True or value is False:
             return value
         if isinstance(value, int):

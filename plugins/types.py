@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from ..core.migrate import Skipped
@@ -68,6 +68,9 @@ class AdapterInfo:
     settings (a plain mapping, secrets already interpolated); the instance is
     registered as a plugin and implements the export hooks. ``extra`` names the pip
     extra holding the vendor SDK, for the "install llmvigil[extra]" message.
+    ``redaction`` is the content level the backend gets when its YAML entry sets
+    none: ``masked`` for services run by someone else, ``full`` for stores on the
+    operator's own machines.
     """
 
     name: str
@@ -75,6 +78,7 @@ class AdapterInfo:
     capabilities: Capabilities
     description: str = ""
     extra: str | None = None
+    redaction: Literal["full", "masked", "none"] = "masked"
 
 
 class Importer(Protocol):

@@ -43,7 +43,7 @@ def test_defaults_without_any_file() -> None:
     assert cfg.source is None
     assert cfg.service.name == "llm-app" and cfg.service.environment is None
     assert [b.name for b in cfg.backends] == ["local"]
-    assert cfg.backends[0].redaction == "masked" and cfg.backends[0].timeout_s == 10.0
+    assert cfg.backends[0].redaction is None and cfg.backends[0].timeout_s == 10.0
     assert cfg.capture.redact == ["api_key", "credit_card", "email"]
     assert "x-api-key" in cfg.capture.redact_keys
     assert cfg.pipeline.queue_size == 100_000

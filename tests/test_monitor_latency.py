@@ -352,6 +352,14 @@ def test_siegmund_threshold_and_t_to_z() -> None:
     assert student_t_to_z(-2.228, 10) == pytest.approx(-1.96, abs=0.002)
 
 
+@pytest.mark.parametrize("df", [3, 10, 99, 100, 199, 1_000, 100_000])
+def test_t_to_z_matches_scipy(df: int) -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for t in (-8.0, -3.0, -1.0, -0.1, 0.0, 0.5, 2.0, 4.0, 8.0):
+        exact = stats.norm.isf(stats.t.sf(abs(t), df)) * (1 if t >= 0 else -1)
+        assert student_t_to_z(t, df) == pytest.approx(exact, abs=7e-4), (t, df)
+
+
 def _run_length(det: Any, draw: Any, limit: int) -> int:
     for i in range(1, limit + 1):
         if det.update(draw()) is not None:

@@ -260,9 +260,14 @@ def _betainc(a: float, b: float, x: float) -> float:
 
 
 def student_t_to_z(t: float, df: float) -> float:
-    """The standard normal score with the same tail probability as ``t`` (``df`` d.o.f.)."""
-    if df >= 1000:
-        return t
+    """The standard normal score with the same tail probability as ``t`` (``df`` d.o.f.).
+
+    Exact below 100 degrees of freedom; from 100 on, Wallace's (1959) closed form,
+    within 7e-4 of the exact score there and closer as ``df`` grows.
+    """
+    if df >= 100:
+        return math.copysign(
+            (8.0 * df + 1.0) / (8.0 * df + 3.0) * math.sqrt(df * math.log1p(t * t / df)), t)
     tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
     if tail <= 1e-300:
         return math.copysign(38.0, t)
@@ -326,7 +331,7 @@ class GaussianCusum:
             std = math.sqrt(self._m2 / (n - 1))
             if std > 0.0:
                 t = (x - self._mean) / (std * math.sqrt(1.0 + 1.0 / n))
-                z = student_t_to_z(t, n - 1) if n < 1000 else t
+                z = student_t_to_z(t, n - 1)
                 clip = self.clip
                 if z > clip:
                     z = clip

@@ -46,6 +46,7 @@ from ..core.store_queries import (
     TABLES,
     TableSpec,
     create_private_file,
+    upsert_rows,
     write_spans,
 )
 from ..plugins.hookspecs import hookimpl
@@ -121,19 +122,6 @@ _ROWS: dict[type[Any], tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
 }
 
 
-def _upsert_sql(spec: TableSpec) -> str:
-    names = spec.column_names
-    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "id")
-    return (
-        f"INSERT INTO {spec.name} ({', '.join(names)}) "
-        f"VALUES ({', '.join('?' * len(names))}) "
-        f"ON CONFLICT(id) DO UPDATE SET {updates}"
-    )
-
-
-_UPSERTS: dict[str, str] = {kind: _upsert_sql(spec) for kind, spec in TABLES.items()}
-
-
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     message = str(exc).lower()
     return "locked" in message or "busy" in message
@@ -190,6 +178,7 @@ class LocalStore:
                 )
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
                 conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA cache_size = -32768")
                 self._conns[key] = conn
             return conn
 
@@ -300,9 +289,9 @@ class LocalStore:
         def upsert(conn: sqlite3.Connection) -> None:
             for kind, batch in rows.items():
                 if kind == "spans":  # keeps the report's rollup current in this transaction
-                    write_spans(conn, _UPSERTS[kind], batch)
+                    write_spans(conn, batch)
                 else:
-                    conn.executemany(_UPSERTS[kind], batch)
+                    upsert_rows(conn, TABLES[kind], batch)
 
         self._transaction(upsert)
         self._fix_sidecar_modes()
@@ -503,5 +492,6 @@ def llmvigil_adapters() -> list[AdapterInfo]:
             capabilities=CAPABILITIES,
             description="SQLite file on this machine (default)",
             redaction="full",
+            merge_records=8192,
         )
     ]

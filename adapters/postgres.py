@@ -709,5 +709,6 @@ def llmvigil_adapters() -> list[AdapterInfo]:
             description="PostgreSQL store shared by many processes (vigil report reads it)",
             extra="postgres",
             redaction="full",
+            merge_records=8192,
         )
     ]

@@ -44,6 +44,9 @@ class OutboxSettings:
     max_records: int = 50_000
     breaker_failures: int = 5
     breaker_reset_s: float = 30.0
+    #: Queued batches of one kind are merged into one export up to this many records
+    #: (1: never); a backend that pays per export catches up faster when behind.
+    merge_records: int = 1
 
 
 @dataclass
@@ -150,6 +153,14 @@ class Outbox:
             if not self._pending:
                 return None
             batch = self._pending.popleft()
+            pending, limit = self._pending, self.settings.merge_records
+            if pending and pending[0].kind == batch.kind \
+                    and len(batch.records) + len(pending[0].records) <= limit:
+                records = list(batch.records)
+                while pending and pending[0].kind == batch.kind \
+                        and len(records) + len(pending[0].records) <= limit:
+                    records += pending.popleft().records
+                batch = Batch(batch.kind, records)
             self._pending_records -= len(batch.records)
             self._busy = True
             self._in_flight = batch

@@ -7,6 +7,7 @@ This module holds global state: one :class:`Runtime` per process, created by
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import inspect
 import logging
 import os
@@ -102,7 +103,8 @@ class Runtime:
                 outboxes.append(Outbox(
                     bc.key, _exporter(hooks),
                     Journal(journal_root / bc.key.replace(":", "_"), pipe.journal_max_bytes),
-                    outbox_settings, info.capabilities.can_hold, backend_view(bc.redaction or info.redaction),
+                    dataclasses.replace(outbox_settings, merge_records=info.merge_records),
+                    info.capabilities.can_hold, backend_view(bc.redaction or info.redaction),
                 ))
         except BaseException:
             for box in outboxes:

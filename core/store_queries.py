@@ -18,6 +18,7 @@ a write lock and never creates a store that does not exist yet.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sqlite3
@@ -63,6 +64,7 @@ __all__ = [
     "time_bounds",
     "top_users",
     "ttft_values",
+    "upsert_rows",
     "write_spans",
 ]
 
@@ -97,6 +99,16 @@ class TableSpec:
     def column_names(self) -> tuple[str, ...]:
         """All columns of a row, in insert order: ``id``, the query columns, ``data``."""
         return ("id", *(name for name, _ in self.columns), "data")
+
+    def upsert_sql(self, rows: int = 1) -> str:
+        """One statement upserting ``rows`` rows by id (see :func:`upsert_rows`)."""
+        names = self.column_names
+        marks = f"({', '.join('?' * len(names))})"
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "id")
+        return (
+            f"INSERT INTO {self.name} ({', '.join(names)}) "
+            f"VALUES {', '.join([marks] * rows)} ON CONFLICT(id) DO UPDATE SET {updates}"
+        )
 
     def ddl(self) -> list[str]:
         """The idempotent ``CREATE TABLE``/``CREATE INDEX`` statements of this table."""
@@ -283,8 +295,38 @@ def roll_up_spans(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-def write_spans(conn: sqlite3.Connection, upsert_sql: str, rows: list[tuple[Any, ...]]) -> None:
-    """Upsert span rows (id first) and keep ``spans_rollup`` in step, in the caller's transaction.
+#: Rows per statement in :func:`upsert_rows`: a whole chunk, then powers of two for
+#: the rest, so at most eight statement shapes per table are ever compiled (and cached).
+_ROWS_PER_STATEMENT = 256
+
+
+def upsert_rows(conn: sqlite3.Connection, spec: TableSpec,
+                rows: list[tuple[Any, ...]]) -> None:
+    """Upsert ``rows`` (values in :attr:`TableSpec.column_names` order) by id.
+
+    Many rows go in one statement, so the GIL is released once per chunk.
+    ``executemany`` releases and retakes it for every row, and while another thread
+    of the process runs Python each retake waits out a switch interval (5 ms): a busy
+    application would hold the store to a few hundred rows a second.
+    """
+    i, n = 0, len(rows)
+    size = _ROWS_PER_STATEMENT
+    while i < n:
+        while size > n - i:
+            size //= 2
+        chunk = rows[i : i + size]
+        conn.execute(_upsert_statement(spec, size), [value for row in chunk for value in row])
+        i += size
+
+
+@functools.lru_cache(maxsize=128)
+def _upsert_statement(spec: TableSpec, rows: int) -> str:
+    return spec.upsert_sql(rows)
+
+
+def write_spans(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Upsert span rows (see :func:`upsert_rows`) and keep ``spans_rollup`` in step, in
+    the caller's transaction.
 
     The common case, every span new, costs one rollup statement per batch. When the
     batch replaced spans already rolled up (a re-delivery, an import re-run), the
@@ -293,7 +335,8 @@ def write_spans(conn: sqlite3.Connection, upsert_sql: str, rows: list[tuple[Any,
     conn.execute("SAVEPOINT vigil_write_spans")
     try:
         before = conn.execute("SELECT IFNULL(MAX(rowid), 0) FROM spans").fetchone()[0]
-        conn.executemany(upsert_sql, rows)
+        spans = TABLES["spans"]
+        upsert_rows(conn, spans, rows)
         after = conn.execute("SELECT IFNULL(MAX(rowid), 0) FROM spans").fetchone()[0]
         if after - before != len(rows):  # some rows were updates, not inserts
             conn.execute("ROLLBACK TO vigil_write_spans")
@@ -306,7 +349,7 @@ def write_spans(conn: sqlite3.Connection, upsert_sql: str, rows: list[tuple[Any,
 
             for chunk in chunks:
                 conn.execute(_rollup_upsert(rolled(chunk), "-"), chunk)
-            conn.executemany(upsert_sql, rows)
+            upsert_rows(conn, spans, rows)
             for chunk in chunks:
                 conn.execute(_rollup_upsert(rolled(chunk)), chunk)
         roll_up_spans(conn)

@@ -70,7 +70,9 @@ class AdapterInfo:
     extra holding the vendor SDK, for the "install llmvigil[extra]" message.
     ``redaction`` is the content level the backend gets when its YAML entry sets
     none: ``masked`` for services run by someone else, ``full`` for stores on the
-    operator's own machines.
+    operator's own machines. ``merge_records`` lets the outbox merge queued batches
+    of one kind into one export of up to that many records (1: never), for backends
+    whose cost is per export rather than per record.
     """
 
     name: str
@@ -79,6 +81,7 @@ class AdapterInfo:
     description: str = ""
     extra: str | None = None
     redaction: Literal["full", "masked", "none"] = "masked"
+    merge_records: int = 1
 
 
 class Importer(Protocol):

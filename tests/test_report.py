@@ -540,13 +540,13 @@ def test_write_spans_keeps_the_rollup_exact_through_replacements(tmp_path: Path)
     traffic = [r for r in make_traffic(seed=5, requests=200) if isinstance(r, Span)]
     path = tmp_path / "w.db"
     LocalStore(path).close()
-    from llmvigil.adapters.local import _UPSERTS, _span_row
+    from llmvigil.adapters.local import _span_row
 
     conn = sqlite3.connect(path, isolation_level=None)
 
     def write(spans: list[Span]) -> None:
         conn.execute("BEGIN IMMEDIATE")
-        sq.write_spans(conn, _UPSERTS["spans"], [_span_row(s) for s in spans])
+        sq.write_spans(conn, [_span_row(s) for s in spans])
         conn.execute("COMMIT")
 
     write(traffic[:300])

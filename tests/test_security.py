@@ -117,3 +117,55 @@ def test_redaction_is_linear_on_adversarial_input(text: str) -> None:
     t0 = time.perf_counter()
     redactor.text(text)
     assert time.perf_counter() - t0 < 1.0
+
+
+def _masked_pattern_by_pattern(text: str, categories: list[str]) -> str:
+    """The redaction as the detectors define it: every pattern in turn, no shortcuts."""
+    from llmvigil.core.redaction import CATEGORIES
+
+    for name in categories:
+        det = CATEGORIES[name]
+        text = det.pattern.sub(
+            lambda m, d=det: d.mask() if d.validate is None or d.validate(m.group())
+            else m.group(), text)
+    return text
+
+
+def test_cached_and_hinted_redaction_equals_every_pattern_in_turn() -> None:
+    import random
+
+    from llmvigil.core.redaction import CATEGORIES
+
+    rng = random.Random(3)
+    planted = ["sk-ant-api03-" + "a1B2" * 6, "lsv2_pt_" + "x9" * 10, "ghp_" + "Z" * 36,
+               "AKIA" + "ABCDEFGHIJKLMNOP", "jane.doe@example.com", "4111 1111 1111 1111",
+               "GB82 WEST 1234 5698 7654 32", "+44 20 7946 0958", "10.0.0.12", "order 1234"]
+    words = ["the", "invoice", "dated", "03/04/2025", "total", "12.50", "EUR", "sk", "@", "gh"]
+    categories = list(CATEGORIES)
+    redactor = Redactor(categories)
+    for _ in range(500):
+        text = " ".join(rng.choice(words + planted) for _ in range(rng.randrange(1, 12)))
+        expected = _masked_pattern_by_pattern(text, categories)
+        assert redactor.text(text) == expected
+        assert redactor.text(text) == expected  # the second time from the cache
+
+
+def test_unset_levels_default_to_full_for_own_stores_and_masked_for_the_rest(
+        tmp_path: Path) -> None:
+    from llmvigil.adapters.local import LocalStore
+
+    email = "jane.doe@example.com"
+    start(tmp_path, capture={"redact": []}, backends=["local", {"name": "memory",
+                                                                "instance": "vendor"}])
+
+    @llmvigil.trace
+    def reply(text: str) -> str:
+        return f"contact {email}"
+
+    reply("hello")
+    assert llmvigil.flush(10)
+    vendor = get_memory_backend("vendor").spans[0]
+    assert email not in encode(vendor).decode() and "[EMAIL]" in vendor.output
+    with LocalStore(tmp_path / "vigil.db") as store:
+        (stored,) = list(store.read("spans"))
+    assert stored.output == f"contact {email}"

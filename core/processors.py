@@ -1,10 +1,11 @@
 """The processor chain the worker runs on every record before any backend sees it.
 
 A processor is a plain callable ``(record) -> record | None`` (``None`` drops the
-record on purpose, and the pipeline counts it). The default chain is
-:class:`Materialize` (captured references -> bounded, JSON-able data) then
-:class:`Redact` (secrets and PII masked). Both run before the journal, so nothing
-unredacted is ever written to disk or sent.
+record on purpose, and the pipeline counts it). The default chain starts with
+:class:`Materialize`, which turns captured references into bounded, JSON-able data
+and masks secrets and PII in the same pass; it runs before the journal, so nothing
+unredacted is ever written to disk or sent. :class:`Redact` masks records that are
+already data (the per-backend ``masked`` view).
 """
 
 from __future__ import annotations
@@ -25,31 +26,50 @@ Processor: TypeAlias = Callable[[Any], Any]
 
 
 class Materialize:
-    """Turns what capture kept by reference into safe data within the size limits."""
+    """Turns what capture kept by reference into safe data within the size limits.
 
-    __slots__ = ("inputs", "limits", "outputs")
+    With a ``redactor``, secrets and PII are masked in the same pass (every string
+    value, and whole values under the redactor's masked keys), so the records that
+    leave it are both bounded and redacted.
+    """
 
-    def __init__(self, limits: Limits, *, inputs: bool = True, outputs: bool = True) -> None:
+    __slots__ = ("inputs", "limits", "outputs", "redactor")
+
+    def __init__(self, limits: Limits, *, inputs: bool = True, outputs: bool = True,
+                 redactor: Redactor | None = None) -> None:
         self.limits = limits
         self.inputs = inputs
         self.outputs = outputs
+        self.redactor = redactor if redactor else None
 
     def __call__(self, record: Any) -> Any:
-        limits = self.limits
+        safe = self._safe
         if isinstance(record, Span):
             record.input = self._value(record.input) if self.inputs else None
             record.output = self._value(record.output) if self.outputs else None
             if record.metadata:
-                record.metadata = to_safe(record.metadata, limits)
+                record.metadata = safe(record.metadata)
             if record.attributes:
-                record.attributes = to_safe(record.attributes, limits)
+                record.attributes = safe(record.attributes)
             if record.tags:
-                record.tags = [str(t)[: limits.max_chars] for t in record.tags]
+                record.tags = [str(t)[: self.limits.max_chars] for t in record.tags]
             if record.error is not None:
-                record.error = to_safe(record.error, limits)
-        elif getattr(record, "metadata", None):
-            record.metadata = to_safe(record.metadata, limits)
+                record.error = safe(record.error)
+            return record
+        if isinstance(record, Score) and self.redactor is not None:
+            if record.comment:
+                record.comment = self.redactor.text(record.comment)
+            if record.correction:
+                record.correction = self.redactor.text(record.correction)
+        if getattr(record, "metadata", None):
+            record.metadata = safe(record.metadata)
         return record
+
+    def _safe(self, value: Any) -> Any:
+        r = self.redactor
+        if r is None:
+            return to_safe(value, self.limits)
+        return to_safe(value, self.limits, text=r.text, masked_keys=r.masked_keys)
 
     def _value(self, value: Any) -> Any:
         if value is None:
@@ -62,7 +82,7 @@ class Materialize:
                 value = "".join(items)
             else:
                 value = list(items)
-        return to_safe(value, self.limits)
+        return self._safe(value)
 
 
 class Redact:

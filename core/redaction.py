@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .serialize import MASKED_VALUE
+
 __all__ = ["CATEGORIES", "Detector", "Redactor", "find_pii", "iban_valid", "luhn_valid"]
 
 
@@ -140,6 +142,11 @@ class Redactor:
     def __bool__(self) -> bool:
         return bool(self._detectors or self._keys)
 
+    @property
+    def masked_keys(self) -> frozenset[str]:
+        """The mapping keys (lower case) whose values are masked whole."""
+        return self._keys
+
     def text(self, text: str) -> str:
         """Return ``text`` with every validated match replaced by its mask."""
         cache = self._cache
@@ -169,7 +176,7 @@ class Redactor:
             return [self.data(v) for v in value]
         if kind is dict or isinstance(value, Mapping):
             return {
-                k: "[REDACTED]" if isinstance(k, str) and k.lower() in self._keys
+                k: MASKED_VALUE if isinstance(k, str) and k.lower() in self._keys
                 else self.data(v)
                 for k, v in value.items()
             }

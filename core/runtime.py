@@ -27,7 +27,7 @@ from .journal import Journal
 from .model import Metric, Score, SessionEvent, Span
 from .outbox import Outbox, OutboxSettings
 from .pipeline import Monitor, Pipeline
-from .processors import Materialize, Processor, Redact, backend_view
+from .processors import Materialize, Processor, backend_view
 from .redaction import Redactor
 from .serialize import Limits
 
@@ -115,8 +115,7 @@ class Runtime:
                                          for p in cap.redact_patterns], cap.redact_keys)
         processors: list[Processor] = [
             Materialize(Limits(cap.max_field_chars, cap.max_depth, cap.max_items),
-                        inputs=cap.inputs, outputs=cap.outputs),
-            Redact(redactor),
+                        inputs=cap.inputs, outputs=cap.outputs, redactor=redactor),
             self._enrich,
         ]
         self.monitors: list[Monitor] = [*monitors, *built]

@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-__all__ = ["Limits", "to_safe", "truncate"]
+__all__ = ["MASKED_VALUE", "Limits", "to_safe", "truncate"]
 
 
 
@@ -35,14 +35,23 @@ def truncate(text: str, max_chars: int) -> str:
     return f"{text[:max_chars]}...[truncated {len(text) - max_chars} chars]"
 
 
-def to_safe(value: Any, limits: Limits = Limits()) -> Any:
+#: What replaces the value of a mapping key named in ``masked_keys``.
+MASKED_VALUE = "[REDACTED]"
+
+
+def to_safe(value: Any, limits: Limits = Limits(), *,
+            text: Callable[[str], str] | None = None,
+            masked_keys: Collection[str] = ()) -> Any:
     """Return ``value`` as JSON-able data within ``limits``; never raises.
 
     One element that cannot be read (its ``__repr__``, ``items()`` or iteration
-    raises) becomes a placeholder string; its siblings are kept.
+    raises) becomes a placeholder string; its siblings are kept. ``text``, when
+    given, rewrites every string value (redaction, in the same pass); the value of
+    a mapping key whose lower-cased name is in ``masked_keys`` becomes
+    :data:`MASKED_VALUE`.
     """
     try:
-        return _Walk(limits).convert(value, 0)
+        return _Walk(limits, text, masked_keys).convert(value, 0)
     except Exception as exc:  # the last line of defence: a value we cannot walk at all
         return f"<unserialisable {type(value).__name__}: {type(exc).__name__}>"
 
@@ -61,17 +70,22 @@ def _text(value: str, max_chars: int) -> str:
 
 
 class _Walk:
-    __slots__ = ("limits", "nodes", "seen")
+    __slots__ = ("limits", "masked_keys", "nodes", "seen", "text")
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, text: Callable[[str], str] | None = None,
+                 masked_keys: Collection[str] = ()) -> None:
         self.limits = limits
+        self.text = text
+        self.masked_keys = masked_keys
         self.nodes = 0
         self.seen: set[int] = set()
 
     def convert(self, value: Any, depth: int) -> Any:
         self.nodes += 1
-        if type(value) is str and value.isascii() and len(value) <= self.limits.max_chars:
-            return value  # the common case, already safe
+        if type(value) is str:
+            if not (value.isascii() and len(value) <= self.limits.max_chars):
+                value = _text(value, self.limits.max_chars)
+            return value if self.text is None else self.text(value)
         if value is None or value is True or value is False:
             return value
         if isinstance(value, int):
@@ -80,7 +94,8 @@ class _Walk:
             value = int(value)
             return value if _INT_MIN <= value <= _INT_MAX else f"<int of {value.bit_length()} bits>"
         if isinstance(value, str):
-            return _text(value, self.limits.max_chars)
+            value = _text(value, self.limits.max_chars)
+            return value if self.text is None else self.text(value)
         if isinstance(value, float):
             value = float(value)  # subclasses (numpy.float64) become plain floats
             return value if math.isfinite(value) else repr(value)
@@ -110,16 +125,24 @@ class _Walk:
 
     def _container(self, value: Any, depth: int) -> Any:
         limits = self.limits
-        if isinstance(value, Mapping):
+        kind = type(value)
+        if kind is dict or (kind is not list and isinstance(value, Mapping)):
             out: dict[str, Any] = {}
+            masked = self.masked_keys
             for i, (k, v) in enumerate(list(value.items())):
                 if i >= limits.max_items or self.nodes > limits.max_nodes:
                     out["..."] = f"{len(value) - i} more items"
                     break
-                name = _text(k, limits.max_chars) if isinstance(k, str) else self.repr(k)
+                if isinstance(k, str):
+                    name = _text(k, limits.max_chars)
+                    if masked and name.lower() in masked:
+                        out[name] = MASKED_VALUE
+                        continue
+                else:
+                    name = self.repr(k)
                 out[name] = self.child(v, depth + 1)
             return out
-        if isinstance(value, (list, tuple, set, frozenset)):
+        if kind is list or isinstance(value, (list, tuple, set, frozenset)):
             items = list(value)
             converted = []
             for i, v in enumerate(items[: limits.max_items]):
@@ -148,6 +171,7 @@ class _Walk:
 
     def repr(self, value: Any) -> str:
         try:
-            return _text(repr(value), self.limits.max_chars)
+            text = _text(repr(value), self.limits.max_chars)
         except Exception:
             return f"<{type(value).__name__} with failing __repr__>"
+        return text if self.text is None else self.text(text)

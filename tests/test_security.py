@@ -8,6 +8,8 @@ from pathlib import Path
 
 import llmvigil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from llmvigil.adapters.memory import get_memory_backend
 from llmvigil.core import runtime
 from llmvigil.core.model import encode
@@ -169,3 +171,25 @@ def test_unset_levels_default_to_full_for_own_stores_and_masked_for_the_rest(
     with LocalStore(tmp_path / "vigil.db") as store:
         (stored,) = list(store.read("spans"))
     assert stored.output == f"contact {email}"
+
+
+_secretish = st.sampled_from(["jane.doe@example.com", "sk-ant-api03-" + "a1B2" * 6,
+                              "4111 1111 1111 1111", "plain words", "Authorization"])
+_json_like = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30) | _secretish,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["authorization", "Api_Key", "note", "x"]) | st.text(max_size=8),
+        inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_like)
+def test_one_pass_redaction_equals_bounding_then_redacting(value: object) -> None:
+    """Materialize redacts while it bounds; the result is what the two passes gave."""
+    from llmvigil.core.serialize import Limits, to_safe
+
+    redactor = Redactor(["api_key", "credit_card", "email"], keys=["authorization", "api_key"])
+    limits = Limits(max_chars=40, max_items=3)
+    one_pass = to_safe(value, limits, text=redactor.text, masked_keys=redactor.masked_keys)
+    assert one_pass == redactor.data(to_safe(value, limits))

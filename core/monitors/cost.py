@@ -477,11 +477,12 @@ class CostMonitor:
             if s.spike.per_feature:
                 self._series.add(feature, t, cost)
             user_hour = 0.0
+            b = s.budgets
             if user is not None:
                 self._day_users.add(user, cost)
                 self._users.add(user, t, cost)
-                user_hour = self._users.total(user, self._now_ns)
-            b = s.budgets
+                if b.user_usd_per_hour is not None:
+                    user_hour = self._users.total(user, self._now_ns)
             now = self._now_ns
             day_total, day_feature = self._day_total, self._day_features.get(feature, 0.0)
             if fleet is not None:

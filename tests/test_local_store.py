@@ -174,6 +174,24 @@ def test_upsert_is_idempotent_and_replaces(store: LocalStore) -> None:
     assert figures["search"]["cost_usd"] == 0.5 and figures["search"]["span_errors"] == 0
 
 
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 1_000, 4_099])
+def test_batches_of_any_size_with_repeated_ids_keep_the_last(store: LocalStore, n: int) -> None:
+    """Rows go many to a statement; sizes around the chunk and ids repeated in a batch."""
+    start = 1_700_000_000 * 10**9
+    spans = [Span(trace_id=f"{i:032x}", name=f"s{i}", start_ns=start + i, end_ns=start + i + 1,
+                  cost_usd=i / 7) for i in range(n)]
+    again = [Span(id=s.id, trace_id=s.trace_id, name="again", start_ns=s.start_ns,
+                  end_ns=s.end_ns, cost_usd=1.0) for s in spans[: n // 3]]
+    store.write([*spans, *again])
+    assert store.count("spans") == n
+    by_id = {s.id: s for s in store.read("spans")}
+    assert [by_id[s.id].name for s in spans] == ["again"] * len(again) + [
+        s.name for s in spans[len(again):]]
+    assert by_id[spans[-1].id] == spans[-1]
+    assert report(store.path)["totals"]["cost_usd"] == pytest.approx(
+        len(again) + sum(s.cost_usd or 0 for s in spans[len(again):]))
+
+
 def test_read_windows_limits_and_pages(store: LocalStore) -> None:
     spans = [Span(id=f"x{i:05d}", trace_id="t", start_ns=T0 + i // 2, end_ns=T0 + i)
              for i in range(2500)]

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import llmvigil
 from llmvigil.adapters.memory import get_memory_backend
@@ -280,3 +281,34 @@ def test_init_monitors_mapping_is_the_config_section(tmp_path: Path) -> None:
     rt = runtime.get_runtime()
     assert rt is not None and rt.config.monitors == {"latency": {"enabled": False}}
     assert "LatencyMonitor" not in {type(m).__name__ for m in rt.monitors}
+
+
+def test_queued_batches_of_one_kind_merge_up_to_the_limit(tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+    exports: list[tuple[str, list[str]]] = []
+
+    def export(kind: str, records: list[Any]) -> str:
+        release.wait(10)
+        exports.append((kind, [r.id for r in records]))
+        return "success"
+
+    box = Outbox("store", export, Journal(tmp_path / "j", 10_000_000),
+                 OutboxSettings(merge_records=25))
+    first = _spans(10)
+    box.offer("spans", first)
+    assert wait_until(lambda: box.backlog() == 0)  # the first batch is in the export
+    later = [_spans(10) for _ in range(4)]
+    box.offer("spans", later[0])
+    box.offer("spans", later[1])
+    box.offer("scores", [Score(name="s", kind="rating", value=1.0)])
+    box.offer("spans", later[2])
+    box.offer("spans", later[3])
+    release.set()
+    assert wait_until(lambda: box.counters.delivered == 51)
+    ids = [[s.id for s in batch] for batch in later]
+    assert [(kind, len(got)) for kind, got in exports] == [
+        ("spans", 10), ("spans", 20), ("scores", 1), ("spans", 20)]
+    assert exports[1][1] == ids[0] + ids[1] and exports[3][1] == ids[2] + ids[3]
+    box.close(1)

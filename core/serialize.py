@@ -82,10 +82,13 @@ class _Walk:
 
     def convert(self, value: Any, depth: int) -> Any:
         self.nodes += 1
-        if type(value) is str:
+        kind = type(value)
+        if kind is str:
             if not (value.isascii() and len(value) <= self.limits.max_chars):
                 value = _text(value, self.limits.max_chars)
             return value if self.text is None else self.text(value)
+        if kind is dict or kind is list:
+            return self._nested(value, depth)
         if value is None or value is True or value is False:
             return value
         if isinstance(value, int):
@@ -104,6 +107,9 @@ class _Walk:
             raw = bytes(value[:limit])
             note = "" if len(value) <= limit else f"...[{len(value)} bytes]"
             return {"$bytes": base64.b64encode(raw).decode("ascii") + note}
+        return self._nested(value, depth)
+
+    def _nested(self, value: Any, depth: int) -> Any:
         if depth >= self.limits.max_depth:
             return f"<{type(value).__name__} nested too deep>"
         if self.nodes > self.limits.max_nodes:
@@ -118,6 +124,9 @@ class _Walk:
             self.seen.discard(key)
 
     def child(self, value: Any, depth: int) -> Any:
+        if type(value) is str and value.isascii() and len(value) <= self.limits.max_chars:
+            self.nodes += 1  # the common leaf, without the calls below
+            return value if self.text is None else self.text(value)
         try:
             return self.convert(value, depth)
         except Exception as exc:
@@ -133,7 +142,12 @@ class _Walk:
                 if i >= limits.max_items or self.nodes > limits.max_nodes:
                     out["..."] = f"{len(value) - i} more items"
                     break
-                if isinstance(k, str):
+                if type(k) is str and k.isascii() and len(k) <= limits.max_chars:
+                    name = k
+                    if masked and name.lower() in masked:
+                        out[name] = MASKED_VALUE
+                        continue
+                elif isinstance(k, str):
                     name = _text(k, limits.max_chars)
                     if masked and name.lower() in masked:
                         out[name] = MASKED_VALUE

@@ -21,7 +21,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,7 +36,6 @@ from ..core.model import (
     Score,
     SessionEvent,
     Span,
-    decode,
     encode,
 )
 from ..core.store_queries import (
@@ -44,13 +43,13 @@ from ..core.store_queries import (
     SCHEMA_STATEMENTS,
     SCHEMA_VERSION,
     TABLES,
-    TableSpec,
     create_private_file,
     upsert_rows,
     write_spans,
 )
 from ..plugins.hookspecs import hookimpl
 from ..plugins.types import AdapterInfo, Capabilities, ExportResult
+from ._store_base import RecordTables, StoreExportHooks
 
 __all__ = ["CAPABILITIES", "LocalBackend", "LocalStore"]
 
@@ -62,8 +61,6 @@ CAPABILITIES = Capabilities(
 
 _T = TypeVar("_T")
 
-#: Rows fetched per query by :meth:`LocalStore.read`.
-_PAGE = 1000
 #: Extra attempts when SQLite reports "locked"/"busy" without waiting out its
 #: busy timeout (WAL recovery, a concurrent journal-mode change).
 _MAX_RETRIES = 8
@@ -127,7 +124,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in message or "busy" in message
 
 
-class LocalStore:
+class LocalStore(RecordTables):
     """An SQLite file holding llmvigil records, shared safely by threads and processes.
 
     Each thread gets its own connection. Writes are idempotent upserts by record id.
@@ -143,6 +140,8 @@ class LocalStore:
         sqlite3.DatabaseError: the file is not an SQLite database.
         VigilError: the store was created by a newer llmvigil (newer schema).
     """
+
+    _PLACEHOLDER = "?"
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path).expanduser()
@@ -296,84 +295,8 @@ class LocalStore:
         self._transaction(upsert)
         self._fix_sidecar_modes()
 
-    def read(
-        self,
-        kind: str,
-        *,
-        since_ns: int | None = None,
-        until_ns: int | None = None,
-        limit: int | None = None,
-    ) -> Iterator[Record]:
-        """Yield the stored records of ``kind`` in time order (ties by id).
-
-        Args:
-            kind: a record kind: ``spans``, ``scores``, ``session_events``,
-                ``metrics``, ``alerts`` or ``safety_verdicts``.
-            since_ns: only records at or after this epoch time in ns (spans by
-                ``start_ns``, other records by ``time_ns``).
-            until_ns: only records strictly before this time.
-            limit: at most this many records.
-
-        Raises:
-            ValueError: ``kind`` is not a record kind.
-        """
-        spec = self._spec(kind)
-        t = spec.time_column
-        conditions: list[str] = []
-        params: list[Any] = []
-        if since_ns is not None:
-            conditions.append(f"{t} >= ?")
-            params.append(since_ns)
-        if until_ns is not None:
-            conditions.append(f"{t} < ?")
-            params.append(until_ns)
-        return self._pages(spec, conditions, params, limit)
-
-    def _pages(
-        self, spec: TableSpec, conditions: list[str], params: list[Any], limit: int | None
-    ) -> Iterator[Record]:
-        # Keyset pages: no read transaction stays open while the caller iterates.
-        t = spec.time_column
-        remaining = limit
-        last: tuple[Any, Any] | None = None
-        while remaining is None or remaining > 0:
-            size = _PAGE if remaining is None else min(_PAGE, remaining)
-            where = list(conditions)
-            args = list(params)
-            if last is not None:
-                where.append(f"({t}, id) > (?, ?)")
-                args.extend(last)
-            sql = (
-                f"SELECT {t}, id, data FROM {spec.name}"
-                + (f" WHERE {' AND '.join(where)}" if where else "")
-                + f" ORDER BY {t}, id LIMIT ?"
-            )
-            query_args = (*args, size)
-
-            def fetch(
-                conn: sqlite3.Connection, q: str = sql, a: tuple[Any, ...] = query_args
-            ) -> list[Any]:
-                return conn.execute(q, a).fetchall()
-
-            rows = self._retry(fetch)
-            for row in rows:
-                yield decode(row[2])
-            if len(rows) < size:
-                return
-            last = (rows[-1][0], rows[-1][1])
-            if remaining is not None:
-                remaining -= len(rows)
-
-    def count(self, kind: str) -> int:
-        """Return how many records of ``kind`` the store holds.
-
-        Raises:
-            ValueError: ``kind`` is not a record kind.
-        """
-        spec = self._spec(kind)
-        return self._retry(
-            lambda conn: int(conn.execute(f"SELECT COUNT(*) FROM {spec.name}").fetchone()[0])
-        )
+    def _query(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        return self._retry(lambda conn: conn.execute(sql, args).fetchall())
 
     def close(self) -> None:
         """Close every thread's connection; later calls raise ``sqlite3.ProgrammingError``."""
@@ -387,23 +310,8 @@ class LocalStore:
             except sqlite3.Error as exc:  # closing must not fail shutdown
                 _log.warning("local store %s: closing a connection failed: %s", self.path, exc)
 
-    def __enter__(self) -> LocalStore:
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @staticmethod
-    def _spec(kind: str) -> TableSpec:
-        try:
-            return TABLES[kind]
-        except KeyError:
-            raise ValueError(
-                f"unknown record kind {kind!r}; known kinds: {', '.join(TABLES)}"
-            ) from None
-
-
-class LocalBackend:
+class LocalBackend(StoreExportHooks):
     """The ``local`` backend: exports every record kind to a :class:`LocalStore`.
 
     Settings: ``path``, the SQLite file (the runtime passes the config's
@@ -441,37 +349,6 @@ class LocalBackend:
             )
             return ExportResult.FAILURE
         return ExportResult.SUCCESS
-
-    @hookimpl
-    def llmvigil_export_spans(self, spans: Sequence[Span]) -> ExportResult:
-        return self._export("spans", spans)
-
-    @hookimpl
-    def llmvigil_export_scores(self, scores: Sequence[Score]) -> ExportResult:
-        return self._export("scores", scores)
-
-    @hookimpl
-    def llmvigil_export_session_events(self, events: Sequence[SessionEvent]) -> ExportResult:
-        return self._export("session_events", events)
-
-    @hookimpl
-    def llmvigil_export_metrics(self, metrics: Sequence[Metric]) -> ExportResult:
-        return self._export("metrics", metrics)
-
-    @hookimpl
-    def llmvigil_export_alerts(self, alerts: Sequence[Alert]) -> ExportResult:
-        return self._export("alerts", alerts)
-
-    @hookimpl
-    def llmvigil_export_safety_verdicts(
-        self, verdicts: Sequence[SafetyVerdict]
-    ) -> ExportResult:
-        return self._export("safety_verdicts", verdicts)
-
-    @hookimpl
-    def llmvigil_flush(self, timeout_s: float) -> bool:
-        # Every export is committed before it returns: nothing is buffered here.
-        return True
 
     @hookimpl
     def llmvigil_check(self, timeout_s: float) -> str:

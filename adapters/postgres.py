@@ -35,21 +35,12 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigError, MissingExtraError, VigilError
-from ..core.model import (
-    Alert,
-    Metric,
-    Record,
-    SafetyVerdict,
-    Score,
-    SessionEvent,
-    Span,
-    decode,
-)
+from ..core.model import Record, decode
 from ..core.store_postgres import (
     HEAD_REVISION,
     VERSION_TABLE,
@@ -62,6 +53,7 @@ from ..core.store_postgres import (
 from ..core.store_queries import TABLES, TableSpec
 from ..plugins.hookspecs import hookimpl
 from ..plugins.types import AdapterInfo, Capabilities, ExportResult
+from ._store_base import RecordTables, StoreExportHooks
 
 # The row layout is the SQLite store's (TableSpec.column_names); one builder per
 # kind serves both stores.
@@ -92,9 +84,6 @@ _MIGRATION_LOCK_KEY = -5066015818947623231  # first 8 bytes of sha256(b"llmvigil
 
 #: How long a starting process waits for another one's migration.
 _MIGRATION_LOCK_TIMEOUT = "120s"
-
-#: Rows fetched per query by :meth:`PostgresStore.read`.
-_PAGE = 1000
 
 # Kinds in a fixed order so every writer locks tables (and rows) in the same order.
 _KIND_ORDER = tuple(sorted(TABLES))
@@ -304,7 +293,7 @@ def _without_nul(row: tuple[Any, ...], statements: _Statements) -> tuple[Any, ..
     return tuple(out)
 
 
-class PostgresStore:
+class PostgresStore(RecordTables):
     """llmvigil records in PostgreSQL tables, written by many processes at once.
 
     One connection per store, opened on first use and reopened after a failure;
@@ -325,6 +314,8 @@ class PostgresStore:
         ConfigError: no DSN, or the DSN cannot be parsed.
         MissingExtraError: psycopg is not installed.
     """
+
+    _PLACEHOLDER = "%s"
 
     def __init__(
         self,
@@ -482,84 +473,16 @@ class PostgresStore:
 
         self._run(upsert)
 
-    def read(
-        self,
-        kind: str,
-        *,
-        since_ns: int | None = None,
-        until_ns: int | None = None,
-        limit: int | None = None,
-    ) -> Iterator[Record]:
-        """Yield the stored records of ``kind`` in time order (ties by id).
-
-        The arguments are those of :meth:`llmvigil.adapters.local.LocalStore.read`.
-
-        Raises:
-            ValueError: ``kind`` is not a record kind.
-        """
-        spec = self._spec(kind)
-        t = spec.time_column
-        conditions: list[str] = []
-        params: list[Any] = []
-        if since_ns is not None:
-            conditions.append(f"{t} >= %s")
-            params.append(since_ns)
-        if until_ns is not None:
-            conditions.append(f"{t} < %s")
-            params.append(until_ns)
-        return self._pages(spec, conditions, params, limit)
-
-    def _pages(
-        self, spec: TableSpec, conditions: list[str], params: list[Any], limit: int | None
-    ) -> Iterator[Record]:
-        # Keyset pages: no transaction stays open while the caller iterates.
-        t = spec.time_column
-        remaining = limit
-        last: tuple[Any, Any] | None = None
-        while remaining is None or remaining > 0:
-            size = _PAGE if remaining is None else min(_PAGE, remaining)
-            where = list(conditions)
-            args = list(params)
-            if last is not None:
-                where.append(f"({t}, id) > (%s, %s)")
-                args.extend(last)
-            sql = (
-                f"SELECT {t}, id, data FROM {spec.name}"
-                + (f" WHERE {' AND '.join(where)}" if where else "")
-                + f" ORDER BY {t}, id LIMIT %s"
-            )
-            query_args = (*args, size)
-
-            def fetch(
-                conn: psycopg.Connection[Any], q: str = sql, a: tuple[Any, ...] = query_args
-            ) -> list[Any]:
-                with conn.transaction():
-                    return conn.execute(q, a).fetchall()
-
-            page: list[Any] = self._run(fetch)
-            for row in page:
-                yield decode(bytes(row[2]))
-            if len(page) < size:
-                return
-            last = (page[-1][0], page[-1][1])
-            if remaining is not None:
-                remaining -= len(page)
-
-    def count(self, kind: str) -> int:
-        """Return how many records of ``kind`` the store holds.
-
-        Raises:
-            ValueError: ``kind`` is not a record kind.
-        """
-        spec = self._spec(kind)
-
-        def fetch(conn: psycopg.Connection[Any]) -> int:
+    def _query(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        def fetch(conn: psycopg.Connection[Any]) -> list[Any]:
             with conn.transaction():
-                row = conn.execute(f"SELECT COUNT(*) FROM {spec.name}").fetchone()
-            return int(row[0]) if row else 0
+                return conn.execute(sql, args or None).fetchall()
 
-        result: int = self._run(fetch)
-        return result
+        rows: list[Any] = self._run(fetch)
+        return rows
+
+    def _record(self, data: Any) -> Record:
+        return decode(bytes(data))
 
     def revision(self) -> str | None:
         """The schema revision of the store (connecting, and migrating, if needed)."""
@@ -582,21 +505,6 @@ class PostgresStore:
             if acquired:
                 self._lock.release()
 
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @staticmethod
-    def _spec(kind: str) -> TableSpec:
-        try:
-            return TABLES[kind]
-        except KeyError:
-            raise ValueError(
-                f"unknown record kind {kind!r}; known kinds: {', '.join(TABLES)}"
-            ) from None
-
 
 # ---------------------------------------------------------------------------
 # The backend
@@ -614,7 +522,7 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (psycopg.Error, VigilError))
 
 
-class PostgresBackend:
+class PostgresBackend(StoreExportHooks):
     """The ``postgres`` backend: exports every record kind to a :class:`PostgresStore`.
 
     Nothing is contacted at construction, so an application starts while the
@@ -656,37 +564,6 @@ class PostgresBackend:
                        where, len(batch), kind, str(exc).strip())
             return ExportResult.FAILURE
         return ExportResult.SUCCESS
-
-    @hookimpl
-    def llmvigil_export_spans(self, spans: Sequence[Span]) -> ExportResult:
-        return self._export("spans", spans)
-
-    @hookimpl
-    def llmvigil_export_scores(self, scores: Sequence[Score]) -> ExportResult:
-        return self._export("scores", scores)
-
-    @hookimpl
-    def llmvigil_export_session_events(self, events: Sequence[SessionEvent]) -> ExportResult:
-        return self._export("session_events", events)
-
-    @hookimpl
-    def llmvigil_export_metrics(self, metrics: Sequence[Metric]) -> ExportResult:
-        return self._export("metrics", metrics)
-
-    @hookimpl
-    def llmvigil_export_alerts(self, alerts: Sequence[Alert]) -> ExportResult:
-        return self._export("alerts", alerts)
-
-    @hookimpl
-    def llmvigil_export_safety_verdicts(
-        self, verdicts: Sequence[SafetyVerdict]
-    ) -> ExportResult:
-        return self._export("safety_verdicts", verdicts)
-
-    @hookimpl
-    def llmvigil_flush(self, timeout_s: float) -> bool:
-        # Every export is committed before it returns: nothing is buffered here.
-        return True
 
     @hookimpl
     def llmvigil_check(self, timeout_s: float) -> str:

@@ -75,10 +75,10 @@ def instrument_client(client: Any, fields: dict[str, Any]) -> None:
     state = _Instrumentation(fields)
     if isinstance(messages, state.async_messages_type):
         messages.create = _wrap_async_create(messages.create, state)
-        messages.stream = _wrap_async_stream(messages.stream, state)
+        messages.stream = _wrap_stream(messages.stream, state, _AsyncMessageStreamManagerProxy)
     else:
         messages.create = _wrap_sync_create(messages.create, state)
-        messages.stream = _wrap_sync_stream(messages.stream, state)
+        messages.stream = _wrap_stream(messages.stream, state, _MessageStreamManagerProxy)
     messages._llmvigil = state
     original_copy = getattr(client, "copy", None)
     if callable(original_copy):
@@ -163,6 +163,33 @@ def _fail(handle: capture.SpanHandle, error: BaseException) -> None:
         handle.end(error)
     except Exception as exc:
         capture.internal_error("anthropic.fail", exc)
+
+
+class _SpanCurrent:
+    """Makes a span current while one SDK call runs, sync or awaited (``with``).
+
+    An exception leaving the block ends the span as failed (:meth:`failed`) and
+    goes on to the caller.
+    """
+
+    __slots__ = ("handle", "token")
+
+    def __init__(self, handle: capture.SpanHandle) -> None:
+        self.handle = handle
+        self.token: Token[Any] | None = None
+
+    def __enter__(self) -> None:
+        self.token = _enter(self.handle)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        _leave(self.token)
+        if exc is not None:
+            self.failed(exc)
+
+    def failed(self, error: BaseException) -> None:
+        """End the span for ``error``, raised by the call."""
+        _fail(self.handle, error)
 
 
 def _text_of(content: Any) -> Any:
@@ -286,6 +313,25 @@ def _errored(exc: BaseException) -> BaseException | None:
     return None if isinstance(exc, GeneratorExit) else exc
 
 
+class _ReadingEvent(_SpanCurrent):
+    """Makes a stream's span current while the SDK reads its next event.
+
+    The end of the stream (``exhausted``) or any other exception ends the span
+    through the recorder.
+    """
+
+    __slots__ = ("exhausted", "recorder")
+
+    def __init__(self, recorder: _StreamRecorder, exhausted: type[BaseException]) -> None:
+        super().__init__(recorder.handle)
+        self.recorder = recorder
+        self.exhausted = exhausted
+
+    def failed(self, error: BaseException) -> None:
+        """End the span: exhausted, or failed with ``error``."""
+        self.recorder.finish(None if isinstance(error, self.exhausted) else _errored(error))
+
+
 class _ProxyBase:
     """Attribute passthrough shared by the stream proxies; looks like the SDK stream to
     ``isinstance`` too."""
@@ -327,18 +373,8 @@ class _SyncStreamProxy(_ProxyBase):
 
     def __next__(self) -> Any:
         recorder = self._vigil_recorder
-        token = _enter(recorder.handle)
-        try:
+        with _ReadingEvent(recorder, StopIteration):
             event = self._vigil_stream.__next__()
-        except StopIteration:
-            _leave(token)
-            recorder.finish()
-            raise
-        except BaseException as exc:
-            _leave(token)
-            recorder.finish(_errored(exc))
-            raise
-        _leave(token)
         recorder.event(event)
         return event
 
@@ -367,18 +403,8 @@ class _AsyncStreamProxy(_ProxyBase):
 
     async def __anext__(self) -> Any:
         recorder = self._vigil_recorder
-        token = _enter(recorder.handle)
-        try:
+        with _ReadingEvent(recorder, StopAsyncIteration):
             event = await self._vigil_stream.__anext__()
-        except StopAsyncIteration:
-            _leave(token)
-            recorder.finish()
-            raise
-        except BaseException as exc:
-            _leave(token)
-            recorder.finish(_errored(exc))
-            raise
-        _leave(token)
         recorder.event(event)
         return event
 
@@ -432,14 +458,8 @@ def _wrap_sync_create(original: Callable[..., Any],
         handle = _start(state, CREATE_SPAN, kwargs)
         if handle is None:
             return original(*args, **kwargs)
-        token = _enter(handle)
-        try:
+        with _SpanCurrent(handle):
             result = original(*args, **kwargs)
-        except BaseException as exc:
-            _leave(token)
-            _fail(handle, exc)
-            raise
-        _leave(token)
         return _returned(result, handle, state)
 
     return create
@@ -452,14 +472,8 @@ def _wrap_async_create(original: Callable[..., Any],
         handle = _start(state, CREATE_SPAN, kwargs)
         if handle is None:
             return await original(*args, **kwargs)
-        token = _enter(handle)
-        try:
+        with _SpanCurrent(handle):
             result = await original(*args, **kwargs)
-        except BaseException as exc:
-            _leave(token)
-            _fail(handle, exc)
-            raise
-        _leave(token)
         return _returned(result, handle, state)
 
     return create
@@ -485,9 +499,9 @@ def _observe_raw_stream(message_stream: Any, recorder: _StreamRecorder,
         capture.internal_error("anthropic.stream.observe", exc)
 
 
-class _MessageStreamManagerProxy:
-    """Stands in for ``MessageStreamManager``: the request, made on ``__enter__``, is
-    one span."""
+class _ManagerProxyBase:
+    """What the stand-ins for the SDK's stream managers share: the request, made on
+    entering, is one span, ended on leaving from what the stream delivered."""
 
     def __init__(self, manager: Any, state: _Instrumentation, kwargs: dict[str, Any]) -> None:
         self._manager = manager
@@ -496,96 +510,70 @@ class _MessageStreamManagerProxy:
         self._recorder: _StreamRecorder | None = None
         self._stream: Any = None
 
-    def __enter__(self) -> Any:
-        handle = _start(self._state, STREAM_SPAN, self._kwargs)
-        if handle is None:
-            return self._manager.__enter__()
-        token = _enter(handle)
-        try:
-            stream = self._manager.__enter__()
-        except BaseException as exc:
-            _leave(token)
-            _fail(handle, exc)
-            raise
-        _leave(token)
+    def _start_span(self) -> capture.SpanHandle | None:
+        return _start(self._state, STREAM_SPAN, self._kwargs)
+
+    def _opened(self, handle: capture.SpanHandle, stream: Any,
+                proxy_type: type[_ProxyBase], stream_type: type[Any]) -> Any:
+        """Record ``stream``, the helper the manager opened, on ``handle``'s span."""
         self._stream = stream
         self._recorder = recorder = _StreamRecorder(handle)
-        _observe_raw_stream(stream, recorder, _SyncStreamProxy, self._state.stream_type)
+        _observe_raw_stream(stream, recorder, proxy_type, stream_type)
         return stream
+
+    def _closed(self) -> None:
+        if self._recorder is not None:
+            self._recorder.finish_from(self._stream)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager, name)
+
+
+class _MessageStreamManagerProxy(_ManagerProxyBase):
+    """Stands in for ``MessageStreamManager``."""
+
+    def __enter__(self) -> Any:
+        handle = self._start_span()
+        if handle is None:
+            return self._manager.__enter__()
+        with _SpanCurrent(handle):
+            stream = self._manager.__enter__()
+        return self._opened(handle, stream, _SyncStreamProxy, self._state.stream_type)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> Any:
         try:
             return self._manager.__exit__(exc_type, exc, tb)
         finally:
-            if self._recorder is not None:
-                self._recorder.finish_from(self._stream)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._manager, name)
+            self._closed()
 
 
-class _AsyncMessageStreamManagerProxy:
-    """Stands in for ``AsyncMessageStreamManager``: the request, made on
-    ``__aenter__``, is one span."""
-
-    def __init__(self, manager: Any, state: _Instrumentation, kwargs: dict[str, Any]) -> None:
-        self._manager = manager
-        self._state = state
-        self._kwargs = kwargs
-        self._recorder: _StreamRecorder | None = None
-        self._stream: Any = None
+class _AsyncMessageStreamManagerProxy(_ManagerProxyBase):
+    """Stands in for ``AsyncMessageStreamManager``."""
 
     async def __aenter__(self) -> Any:
-        handle = _start(self._state, STREAM_SPAN, self._kwargs)
+        handle = self._start_span()
         if handle is None:
             return await self._manager.__aenter__()
-        token = _enter(handle)
-        try:
+        with _SpanCurrent(handle):
             stream = await self._manager.__aenter__()
-        except BaseException as exc:
-            _leave(token)
-            _fail(handle, exc)
-            raise
-        _leave(token)
-        self._stream = stream
-        self._recorder = recorder = _StreamRecorder(handle)
-        _observe_raw_stream(stream, recorder, _AsyncStreamProxy, self._state.async_stream_type)
-        return stream
+        return self._opened(handle, stream, _AsyncStreamProxy, self._state.async_stream_type)
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> Any:
         try:
             return await self._manager.__aexit__(exc_type, exc, tb)
         finally:
-            if self._recorder is not None:
-                self._recorder.finish_from(self._stream)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._manager, name)
+            self._closed()
 
 
-def _wrap_sync_stream(original: Callable[..., Any],
-                      state: _Instrumentation) -> Callable[..., Any]:
+def _wrap_stream(original: Callable[..., Any], state: _Instrumentation,
+                 proxy_type: type[_ManagerProxyBase]) -> Callable[..., Any]:
     @functools.wraps(original)
     def stream(*args: Any, **kwargs: Any) -> Any:
         manager = original(*args, **kwargs)
         try:
-            return _MessageStreamManagerProxy(manager, state, kwargs)
-        except Exception as exc:
-            capture.internal_error("anthropic.stream", exc)
-            return manager
-
-    return stream
-
-
-def _wrap_async_stream(original: Callable[..., Any],
-                       state: _Instrumentation) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def stream(*args: Any, **kwargs: Any) -> Any:
-        manager = original(*args, **kwargs)
-        try:
-            return _AsyncMessageStreamManagerProxy(manager, state, kwargs)
+            return proxy_type(manager, state, kwargs)
         except Exception as exc:
             capture.internal_error("anthropic.stream", exc)
             return manager

@@ -9,9 +9,40 @@ Three figures, each in its own section of the output:
    throughput to the same endpoint where it has one: OpenTelemetry's
    ``BatchSpanProcessor`` + OTLP/HTTP exporter, ``langsmith.traceable`` with its
    batching client, ``langfuse.observe``. Every variant sends the same LLM span
-   (model, usage, a two-message input, a short output). The servers run in this
-   process, so they share its GIL with the sender: the figures compare variants on
-   equal terms, they are not a server's capacity.
+   (model, usage, a two-message input, a short output). The stand-in servers run
+   in this process, so they share its GIL with the sender: the figures compare
+   variants on equal terms, they are not a server's capacity.
+
+   Two more destinations are real vendor software:
+
+   * **phoenix**: a real Phoenix server (``phoenix serve`` from ``.venv-phoenix``,
+     made by ``scripts/phoenix-venv.sh``, started as ``tests/phoenix_server.py``
+     does; skipped with the reason when it is absent), in its own process. Beside
+     the ``phoenix`` adapter, Phoenix's own path: ``phoenix.otel.register(...,
+     batch=True)`` and an OpenInference LLM span (``openinference_span_kind="llm"``,
+     ``set_input``/``set_output`` and ``get_llm_attributes``), its
+     ``BatchSpanProcessor`` given the same queue, batch size and delay as the OTel
+     variant above (through the ``OTEL_BSP_*`` variables it reads). Each variant
+     writes to its own Phoenix project; the spans held are counted by paging the
+     project's spans through Phoenix's REST API (``GET /v1/projects/{p}/spans``,
+     insertion order, each poll reading only what is new, once a second so the
+     reads do not slow the server down), with a deadline. Phoenix answers an OTLP
+     export once the spans are queued and stores them 100 per SQLite transaction,
+     so its rate is the server's: a note line after the rows gives, per sender,
+     when Phoenix had accepted every span and when it held them all. 200 spans
+     into another project warm the fresh server up before either variant runs.
+   * **wandb**: the ``wandb`` adapter in offline mode, beside a plain
+     ``wandb.init(mode="offline")`` that logs the same per-span data either as one
+     ``run.log`` history row per span or as a ``wandb.Table`` of the adapter's
+     columns per 512 spans (the adapter's batch size). All wandb directories are
+     in a temp dir and every run has the adapter's settings (console capture and
+     system metrics off). The clock runs from before the run starts (the adapter
+     starts it at its first export) until the run is finished and its files are
+     written (``run.finish()``; ``llmvigil.flush`` then ``llmvigil.shutdown`` for
+     the adapter); the rows are then read back from the run's ``.wandb`` log
+     (``wandb leet inspect --json``, wandb's own reader) and table files, and a
+     run short of rows, or without its exit record, reports no rate. The wandb
+     service process is started before either run, so neither pays for it.
 2. ``vigil report`` over 1,000,000 spans in the local store: the query in-process
    (``store_queries.report``) and the CLI as a user runs it (``vigil report --json``,
    a fresh process, imports included). ``benchmarks/report.py`` goes deeper.
@@ -21,6 +52,7 @@ Three figures, each in its own section of the output:
 
     python benchmarks/pipeline.py [--quick] [--spans 20000] [--report-spans 1000000]
                                   [--down-spans 1000000] [--only throughput,report,memory]
+                                  [--to local,otlp,langsmith,langfuse,helicone,phoenix,wandb]
 """
 
 from __future__ import annotations
@@ -40,6 +72,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,25 +103,39 @@ def wait_for(count: Callable[[], int], n: int, timeout_s: float) -> bool:
 # -- 1. throughput ---------------------------------------------------------------------------
 
 
-def llmvigil_rate(backend: dict[str, Any], count: Callable[[], int], n: int,
-                  tmp: Path) -> tuple[float, float]:
-    """(delivered spans/s, app-side calls/s) through llmvigil into one backend."""
+def llmvigil_init(backend: dict[str, Any], n: int, tmp: Path) -> None:
+    """Start llmvigil with one backend and a queue that holds every span of the run."""
     import llmvigil
 
     llmvigil.init(backends=[backend], store={"path": str(tmp / "vigil.db")},
                   service={"name": "bench"},
                   pipeline={"journal_dir": str(tmp / "journal"), "queue_size": 2 * n + 1000,
                             "flush_interval_s": 0.05})
+
+
+def llmvigil_calls(n: int) -> None:
+    """The application side: ``n`` traced LLM calls, as fast as they can be made."""
+    import llmvigil
+
+    for i in range(n):
+        with llmvigil.span("chat", kind="llm", model="claude-sonnet-4-5",
+                           provider="anthropic", user_id=f"u{i % 50}") as s:
+            s.set_input(MESSAGES)
+            s.set_usage(input_tokens=120, output_tokens=30)
+            s.set_output(OUTPUT)
+
+
+def llmvigil_rate(backend: dict[str, Any], count: Callable[[], int], n: int,
+                  tmp: Path, timeout_s: float | None = None) -> tuple[float, float]:
+    """(delivered spans/s, app-side calls/s) through llmvigil into one backend."""
+    import llmvigil
+
+    llmvigil_init(backend, n, tmp)
     try:
         t0 = time.perf_counter()
-        for i in range(n):
-            with llmvigil.span("chat", kind="llm", model="claude-sonnet-4-5",
-                               provider="anthropic", user_id=f"u{i % 50}") as s:
-                s.set_input(MESSAGES)
-                s.set_usage(input_tokens=120, output_tokens=30)
-                s.set_output(OUTPUT)
+        llmvigil_calls(n)
         submitted = time.perf_counter() - t0
-        done = wait_for(count, n, timeout_s=max(120, n / 200))
+        done = wait_for(count, n, timeout_s=timeout_s or max(120, n / 200))
         elapsed = time.perf_counter() - t0
     finally:
         llmvigil.shutdown(timeout=30)
@@ -189,8 +236,372 @@ def scratch() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def throughput(n: int) -> list[tuple[str, str, float, float]]:
-    """Rows of (destination, sender, delivered/s, app calls/s)."""
+@contextmanager
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for a block, then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+#: ``run(destination, sender, fn)``: measures one variant and prints its row.
+Runner = Callable[[str, str, Callable[[], tuple[float, float]]], None]
+
+
+# -- phoenix: a real server, in its own virtualenv and process ------------------------------
+
+
+class PhoenixSpans:
+    """Counts the spans a Phoenix project holds, through Phoenix's REST API.
+
+    Pages ``GET /v1/projects/{project}/spans`` in insertion order and keeps its place,
+    so each poll reads only the spans stored since the last one; polls at most every
+    ``interval_s`` (a poll in between returns the last count).
+    """
+
+    def __init__(self, url: str, project: str, interval_s: float = 1.0) -> None:
+        import httpx
+
+        self._http = httpx.Client(base_url=url, timeout=60)
+        self._path = f"v1/projects/{project}/spans"
+        self._cursor: str | None = None
+        self._ids: set[str] = set()
+        self._interval_s = interval_s
+        self._next_poll = 0.0
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if now < self._next_poll:
+            return len(self._ids)
+        self._next_poll = now + self._interval_s
+        while True:
+            params = {"limit": 1000, "sort": "id", "order": "asc"}
+            if self._cursor:
+                params["cursor"] = self._cursor
+            response = self._http.get(self._path, params=params)
+            if response.status_code == 404:  # no span yet: Phoenix makes the project then
+                return 0
+            response.raise_for_status()
+            body = response.json()
+            self._ids.update(s["context"]["span_id"] for s in body["data"])
+            if body.get("next_cursor"):
+                self._cursor = body["next_cursor"]
+                continue
+            if body["data"]:  # the cursor is inclusive: the next poll starts at the last
+                self._cursor = body["data"][-1]["id"]
+            return len(self._ids)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def llmvigil_phoenix_rate(url: str, project: str, n: int, tmp: Path, timeout_s: float,
+                          notes: list[str]) -> tuple[float, float]:
+    """The ``phoenix`` adapter: rate until Phoenix holds every span; notes when it took them."""
+    import llmvigil
+
+    count = PhoenixSpans(url, project)
+    llmvigil_init({"name": "phoenix", "endpoint": url, "project": project,
+                   "redaction": "full"}, n, tmp)
+    try:
+        t0 = time.perf_counter()
+        llmvigil_calls(n)
+        submitted = time.perf_counter() - t0
+        accepted = llmvigil.flush(timeout_s)  # every export answered 2xx by Phoenix
+        accepted_s = time.perf_counter() - t0
+        done = wait_for(count, n, timeout_s)
+        elapsed = time.perf_counter() - t0
+    finally:
+        llmvigil.shutdown(timeout=30)
+        count.close()
+    if accepted:
+        notes.append(f"llmvigil: Phoenix accepted every span after {accepted_s:.1f} s "
+                     f"({n / accepted_s:,.0f}/s), held them all after {elapsed:.1f} s")
+    return (n / elapsed if done else float("nan")), n / submitted
+
+
+def phoenix_otel_rate(url: str, project: str, n: int, timeout_s: float,
+                      notes: list[str]) -> tuple[float, float]:
+    """Phoenix's own path: ``phoenix.otel.register(batch=True)`` and OpenInference spans."""
+    from openinference.instrumentation import get_llm_attributes, get_user_id_attributes
+    from phoenix.otel import register
+
+    # The same queue, batch and delay as the plain OTel variant (the SDK reads these).
+    bsp = {"OTEL_BSP_MAX_QUEUE_SIZE": str(2 * n + 1000), "OTEL_BSP_SCHEDULE_DELAY": "50",
+           "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "512"}
+    with environ(bsp):
+        provider = register(endpoint=f"{url}/v1/traces", project_name=project, batch=True,
+                            protocol="http/protobuf", set_global_tracer_provider=False,
+                            verbose=False)
+    tracer = provider.get_tracer("bench")
+    reply = [{"role": "assistant", "content": OUTPUT}]
+    count = PhoenixSpans(url, project)
+    try:
+        t0 = time.perf_counter()
+        for i in range(n):
+            with tracer.start_as_current_span("chat", openinference_span_kind="llm") as s:
+                s.set_input(MESSAGES)
+                s.set_attributes(get_llm_attributes(
+                    provider="anthropic", system="anthropic", model_name="claude-sonnet-4-5",
+                    input_messages=MESSAGES, output_messages=reply,
+                    token_count={"prompt": 120, "completion": 30, "total": 150}))
+                s.set_attributes(get_user_id_attributes(user_id=f"u{i % 50}"))
+                s.set_output(OUTPUT)
+        submitted = time.perf_counter() - t0
+        accepted = provider.force_flush(int(timeout_s * 1000))
+        accepted_s = time.perf_counter() - t0
+        done = wait_for(count, n, timeout_s)
+        elapsed = time.perf_counter() - t0
+    finally:
+        provider.shutdown()
+        count.close()
+    if accepted:
+        notes.append(f"phoenix.otel: Phoenix accepted every span after {accepted_s:.1f} s "
+                     f"({n / accepted_s:,.0f}/s), held them all after {elapsed:.1f} s")
+    return (n / elapsed if done else float("nan")), n / submitted
+
+
+def phoenix_throughput(run: Runner, n: int) -> None:
+    """The phoenix rows: the adapter and ``phoenix.otel`` into one real Phoenix server."""
+    try:
+        from phoenix_server import PHOENIX_PYTHON, start_phoenix, stop_phoenix
+    except Exception as exc:
+        print(f"  phoenix: skipped ({type(exc).__name__}: {exc})")
+        return
+    if not PHOENIX_PYTHON.exists():
+        print(f"  phoenix: skipped (no Phoenix server: {PHOENIX_PYTHON} is missing; "
+              "run scripts/phoenix-venv.sh)")
+        return
+    timeout_s = max(180, n / 25)
+    with scratch() as tmp:
+        try:
+            server = start_phoenix(tmp / "phoenix")
+        except RuntimeError as exc:
+            print(f"  phoenix: skipped (the server did not start: {str(exc)[-300:]})")
+            return
+        try:
+            url, tag = server.url, os.urandom(3).hex()
+            notes: list[str] = []
+            for sub in ("warm-up", "llmvigil"):
+                (tmp / sub).mkdir()
+            # A fresh server is slower on its first spans: neither variant should pay it.
+            llmvigil_phoenix_rate(url, f"bench-warm-up-{tag}", 200, tmp / "warm-up", 120, [])
+            run("phoenix", "llmvigil", partial(
+                llmvigil_phoenix_rate, url, f"bench-llmvigil-{tag}", n, tmp / "llmvigil",
+                timeout_s, notes))
+            run("phoenix", "phoenix.otel batch", partial(
+                phoenix_otel_rate, url, f"bench-phoenix-otel-{tag}", n, timeout_s, notes))
+            for note in notes:
+                print(f"  (phoenix, {note})")
+        finally:
+            stop_phoenix(server)
+
+
+# -- wandb: offline runs, read back from their files ------------------------------------------
+
+
+def wandb_rows(root: Path, key: str) -> tuple[int, bool]:
+    """(rows logged under ``key``, whether the run finished) of the one run under ``root``.
+
+    Reads the run's ``.wandb`` transaction log with wandb's own reader and counts a
+    history row holding ``key`` as one row, a table logged under ``key`` as its rows
+    (from the table file in the run's ``files/``).
+    """
+    (run_dir,) = (root / "wandb").glob("offline-run-*")
+    log = next(run_dir.glob("run-*.wandb"))
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json",
+                          str(log)], capture_output=True, text=True, timeout=600, check=True)
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    rows = 0
+    for record in records:
+        if record["type"] != "history":
+            continue
+        item = record["history"]["item"]
+        if item.get(f"{key}._type") == "table-file":
+            table = json.loads((run_dir / "files" / item[f"{key}.path"]).read_text())
+            rows += len(table["data"])
+        elif key in item:
+            rows += 1
+    return rows, bool(records) and records[-1]["type"] == "exit"
+
+
+def wandb_settings() -> Any:
+    """The settings the adapter gives its run (console capture, system metrics off)."""
+    import wandb
+
+    return wandb.Settings(silent=True, console="off", x_disable_stats=True,
+                          save_code=False, disable_git=True, x_save_requirements=False)
+
+
+def llmvigil_wandb_rate(root: Path, n: int, tmp: Path) -> tuple[float, float]:
+    """The ``wandb`` adapter, offline: rate until the run is finished on disk."""
+    import llmvigil
+
+    llmvigil_init({"name": "wandb", "mode": "offline", "project": "bench",
+                   "dir": str(root), "timeout_s": 60}, n, tmp)
+    try:
+        t0 = time.perf_counter()
+        llmvigil_calls(n)
+        submitted = time.perf_counter() - t0
+        flushed = llmvigil.flush(max(120, n / 200))
+    finally:
+        llmvigil.shutdown(timeout=max(120, n / 200))
+    elapsed = time.perf_counter() - t0
+    rows, finished = wandb_rows(root, "llmvigil/spans")
+    if not (flushed and finished and rows == n):
+        print(f"  wandb / llmvigil: {rows:,} of {n:,} rows read back "
+              f"(flushed: {flushed}, run finished: {finished})")
+        return float("nan"), n / submitted
+    return n / elapsed, n / submitted
+
+
+def wandb_plain_rate(root: Path, n: int, table_rows: int) -> tuple[float, float]:
+    """A plain offline run: one ``run.log`` per span, or a ``wandb.Table`` per batch."""
+    import wandb
+    from llmvigil.adapters.wandb import SPAN_COLUMNS
+
+    messages = json.dumps(MESSAGES, ensure_ascii=False, sort_keys=True)
+    key = "spans" if table_rows else "span/span_id"
+    t0 = time.perf_counter()
+    run = wandb.init(mode="offline", project="bench", dir=str(root), reinit="create_new",
+                     settings=wandb_settings())
+    batch: list[list[Any]] = []
+    for i in range(n):
+        start = time.time_ns()
+        end = time.time_ns()
+        row = [os.urandom(16).hex(), os.urandom(8).hex(), None, "chat", "llm",
+               "claude-sonnet-4-5", "anthropic",
+               datetime.fromtimestamp(start / 1e9, tz=timezone.utc).isoformat(
+                   timespec="milliseconds"),
+               (end - start) / 1e9, None, 120, 30, 0, 0, None, f"u{i % 50}", None, None,
+               None, None, "ok", None, "", None, messages, OUTPUT]
+        if not table_rows:
+            run.log({f"span/{c}": v for c, v in zip(SPAN_COLUMNS, row, strict=True)})
+            continue
+        batch.append(row)
+        if len(batch) == table_rows or i == n - 1:
+            run.log({"spans": wandb.Table(columns=list(SPAN_COLUMNS), data=batch,
+                                          allow_mixed_types=True)})
+            batch = []
+    submitted = time.perf_counter() - t0
+    run.finish()
+    elapsed = time.perf_counter() - t0
+    rows, finished = wandb_rows(root, key)
+    if not (finished and rows == n):
+        print(f"  wandb / plain: {rows:,} of {n:,} rows read back (run finished: {finished})")
+        return float("nan"), n / submitted
+    return n / elapsed, n / submitted
+
+
+def wandb_throughput(run: Runner, n: int) -> None:
+    """The wandb rows: the adapter and plain wandb runs, all offline, in a temp dir."""
+    try:
+        import wandb
+    except ImportError as exc:
+        print(f"  wandb: skipped ({exc})")
+        return
+    with scratch() as tmp:
+        dirs = {v: tmp / "env" / v.lower() for v in ("WANDB_DIR", "WANDB_CACHE_DIR",
+                                                      "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")}
+        for path in dirs.values():
+            path.mkdir(parents=True)
+        env = {**{k: str(v) for k, v in dirs.items()}, "WANDB_MODE": "offline",
+               "WANDB_SILENT": "true"}
+        with environ(env):
+            wandb.setup()  # the wandb-core service: started once, before every run
+            try:
+                run("wandb", "llmvigil", partial(llmvigil_wandb_rate, tmp / "llmvigil", n,
+                                                 tmp))
+                run("wandb", "wandb run.log per span", partial(
+                    wandb_plain_rate, tmp / "plain-log", n, 0))
+                run("wandb", "wandb.Table per 512", partial(
+                    wandb_plain_rate, tmp / "plain-table", n, 512))
+            finally:
+                wandb.teardown()
+
+
+def otlp_throughput(run: Runner, n: int) -> None:
+    """The otlp rows: the adapter and OpenTelemetry's BatchSpanProcessor."""
+    try:
+        from fault_servers import FaultyCollector
+    except Exception as exc:
+        print(f"  otlp: skipped ({exc})")
+        return
+    otlp = FaultyCollector()
+    with scratch() as tmp:
+        run("otlp", "llmvigil", partial(
+            llmvigil_rate, {"name": "otlp", "endpoint": otlp.endpoint,
+                            "redaction": "full"}, otlp.distinct, n, tmp))
+    otlp.stop()
+    otlp = FaultyCollector()
+    run("otlp", "BatchSpanProcessor", partial(otel_rate, otlp.endpoint, otlp.distinct, n))
+    otlp.stop()
+
+
+def langsmith_throughput(run: Runner, n: int) -> None:
+    """The langsmith rows: the adapter and ``langsmith.traceable``."""
+    try:
+        from langsmith_server import LangSmithServer
+    except Exception as exc:
+        print(f"  langsmith: skipped ({exc})")
+        return
+    with LangSmithServer() as ls, scratch() as tmp:
+        run("langsmith", "llmvigil", partial(
+            llmvigil_rate, {"name": "langsmith", "api_key": ls.api_key,
+                            "endpoint": ls.url, "project": "bench", "redaction": "full"},
+            partial(len, ls.runs), n, tmp))
+    with LangSmithServer() as ls:
+        run("langsmith", "langsmith.traceable", partial(langsmith_rate, ls, n))
+
+
+def langfuse_throughput(run: Runner, n: int) -> None:
+    """The langfuse rows: the adapter and ``langfuse.observe``."""
+    try:
+        from langfuse_server import LangfuseServer
+    except Exception as exc:
+        print(f"  langfuse: skipped ({exc})")
+        return
+    lf = LangfuseServer()
+    with scratch() as tmp:
+        run("langfuse", "llmvigil", partial(
+            llmvigil_rate, {"name": "langfuse", "public_key": lf.public_key,
+                            "secret_key": lf.secret_key, "host": lf.url,
+                            "redaction": "full"},
+            lambda: len(lf.span_ids()), n, tmp))
+    lf.close()
+    lf = LangfuseServer()
+    run("langfuse", "langfuse.observe", partial(langfuse_rate, lf, n))
+    lf.close()
+
+
+def helicone_throughput(run: Runner, n: int) -> None:
+    """The helicone row: the adapter only."""
+    try:
+        from helicone_server import API_KEY, HeliconeServer
+    except Exception as exc:
+        print(f"  helicone: skipped ({exc})")
+        return
+    hs = HeliconeServer().start()
+    with scratch() as tmp:
+        run("helicone", "llmvigil", partial(
+            llmvigil_rate, {"name": "helicone", "api_key": API_KEY, "base_url": hs.url,
+                            "api_url": hs.url, "redaction": "full"},
+            partial(len, hs.logs), n, tmp))
+    hs.stop()
+
+
+DESTINATIONS = ("local", "otlp", "langsmith", "langfuse", "helicone", "phoenix", "wandb")
+
+
+def throughput(n: int, to: set[str]) -> list[tuple[str, str, float, float]]:
+    """Rows of (destination, sender, delivered/s, app calls/s) for the destinations ``to``."""
     rows: list[tuple[str, str, float, float]] = []
 
     def run(destination: str, sender: str, fn: Callable[[], tuple[float, float]]) -> None:
@@ -205,75 +616,29 @@ def throughput(n: int) -> list[tuple[str, str, float, float]]:
     print(f"\n1. throughput, {n:,} LLM spans per run")
     print(f"  {'into':10} {'sender':28} {'spans/s':>10} {'app calls/s':>12}")
 
-    with scratch() as tmp:
-        from llmvigil.adapters.local import LocalStore
-
-        db = tmp / "vigil.db"
-        LocalStore(db).close()
-        reader = LocalStore(db)
-        run("local", "llmvigil", lambda: llmvigil_rate(
-            {"name": "local"}, lambda: reader.count("spans"), n, tmp))
-        reader.close()
-
-    try:
-        from fault_servers import FaultyCollector
-    except Exception as exc:
-        print(f"  otlp: skipped ({exc})")
-    else:
-        otlp = FaultyCollector()
+    if "local" in to:
         with scratch() as tmp:
-            run("otlp", "llmvigil", partial(
-                llmvigil_rate, {"name": "otlp", "endpoint": otlp.endpoint,
-                                "redaction": "full"}, otlp.distinct, n, tmp))
-        otlp.stop()
-        otlp = FaultyCollector()
-        run("otlp", "BatchSpanProcessor", partial(otel_rate, otlp.endpoint, otlp.distinct, n))
-        otlp.stop()
+            from llmvigil.adapters.local import LocalStore
 
-    try:
-        from langsmith_server import LangSmithServer
-    except Exception as exc:
-        print(f"  langsmith: skipped ({exc})")
-    else:
-        with LangSmithServer() as ls, scratch() as tmp:
-            run("langsmith", "llmvigil", partial(
-                llmvigil_rate, {"name": "langsmith", "api_key": ls.api_key,
-                                "endpoint": ls.url, "project": "bench", "redaction": "full"},
-                partial(len, ls.runs), n, tmp))
-        with LangSmithServer() as ls:
-            run("langsmith", "langsmith.traceable", partial(langsmith_rate, ls, n))
-
-    try:
-        from langfuse_server import LangfuseServer
-    except Exception as exc:
-        print(f"  langfuse: skipped ({exc})")
-    else:
-        lf = LangfuseServer()
-        with scratch() as tmp:
-            run("langfuse", "llmvigil", partial(
-                llmvigil_rate, {"name": "langfuse", "public_key": lf.public_key,
-                                "secret_key": lf.secret_key, "host": lf.url,
-                                "redaction": "full"},
-                lambda: len(lf.span_ids()), n, tmp))
-        lf.close()
-        lf = LangfuseServer()
-        run("langfuse", "langfuse.observe", partial(langfuse_rate, lf, n))
-        lf.close()
-
-    try:
-        from helicone_server import API_KEY, HeliconeServer
-    except Exception as exc:
-        print(f"  helicone: skipped ({exc})")
-    else:
-        hs = HeliconeServer().start()
-        with scratch() as tmp:
-            run("helicone", "llmvigil", partial(
-                llmvigil_rate, {"name": "helicone", "api_key": API_KEY, "base_url": hs.url,
-                                "api_url": hs.url, "redaction": "full"},
-                partial(len, hs.logs), n, tmp))
-        hs.stop()
-    print("  (helicone: no vendor SDK sends custom logs in bulk; phoenix needs its own "
-          "server virtualenv, see tests/phoenix_server.py; wandb has no local endpoint)")
+            db = tmp / "vigil.db"
+            LocalStore(db).close()
+            reader = LocalStore(db)
+            run("local", "llmvigil", lambda: llmvigil_rate(
+                {"name": "local"}, lambda: reader.count("spans"), n, tmp))
+            reader.close()
+    if "otlp" in to:
+        otlp_throughput(run, n)
+    if "langsmith" in to:
+        langsmith_throughput(run, n)
+    if "langfuse" in to:
+        langfuse_throughput(run, n)
+    if "helicone" in to:
+        helicone_throughput(run, n)
+        print("  (helicone: no vendor SDK sends custom logs in bulk)")
+    if "phoenix" in to:
+        phoenix_throughput(run, n)
+    if "wandb" in to:
+        wandb_throughput(run, n)
     by_dest: dict[str, dict[str, float]] = {}
     for dest, sender, delivered, _ in rows:
         by_dest.setdefault(dest, {})[sender] = delivered
@@ -438,6 +803,8 @@ def main() -> None:
     parser.add_argument("--down-spans", type=int, help="calls with the backend down (1e6)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="throughput,report,memory")
+    parser.add_argument("--to", default=",".join(DESTINATIONS),
+                        help="throughput destinations (default: all)")
     args = parser.parse_args()
     spans = args.spans or (2_000 if args.quick else 20_000)
     report_spans = args.report_spans or (100_000 if args.quick else 1_000_000)
@@ -446,7 +813,7 @@ def main() -> None:
     print(machine())
     t0 = time.perf_counter()
     if "throughput" in only:
-        throughput(spans)
+        throughput(spans, set(args.to.split(",")))
     if "report" in only:
         report_time(report_spans, args.repeats)
     if "memory" in only:

@@ -29,6 +29,10 @@ Metrics per tested window, labelled ``feature``, ``check`` and ``test``:
 ``checks.<name>.n``, ``.fail_rate`` (pass/fail) or ``.mean`` and ``.median``
 (numbers), ``.baseline_fail_rate`` or ``.baseline_median``, ``.effect``,
 ``.p_value`` and ``.p_adjusted``.
+
+:meth:`CheckMonitor.snapshot` returns the baselines and untested windows as plain data
+and :meth:`CheckMonitor.merge` adds another process's: counts add exactly, numbers stay
+a uniform sample of all the outputs (:func:`.windows.merge_samples`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from ..checks import (
@@ -63,13 +68,18 @@ from ..checks.stats import (
 )
 from ..errors import ConfigError
 from ..model import Alert, Metric, Span
-from .windows import Settings, parse_settings
+from .windows import Settings, merge_samples, parse_settings
 
 __all__ = ["CheckMonitor", "ChecksSettings", "CusumSettings"]
 
 _log = logging.getLogger("llmvigil.monitors.checks")
 NONE = "_none"
 ANY_FEATURE = "*"
+SNAPSHOT_FORMAT = "llmvigil.checks.v1"
+#: Settings two monitors must share for their snapshots to merge.
+MERGE_SETTINGS = ("window", "baseline_size", "on")
+#: What a check must agree on in both monitors for its windows to merge.
+CHECK_IDENTITY = ("type", "field", "on", "expected_fail_rate")
 
 
 class CusumSettings(Settings):
@@ -101,6 +111,8 @@ class ChecksSettings(Settings):
     max_features: int = Field(default=1000, ge=1)
     cusum: CusumSettings = CusumSettings()
     features: dict[str, list[dict[str, Any]]] = {}
+    #: Seed of the sampling that merges value windows (:meth:`CheckMonitor.merge`).
+    seed: int | None = None
 
     @field_validator("on")
     @classmethod
@@ -140,8 +152,8 @@ class _Track:
     """The state of one check on one feature."""
 
     __slots__ = ("base_fails", "base_median", "base_n", "base_values", "check", "cusum",
-                 "cusum_examples", "feature", "kind", "last_alert_ns", "ready", "select",
-                 "window")
+                 "cusum_examples", "feature", "given", "kind", "last_alert_ns", "ready",
+                 "select", "window")
 
     def __init__(self, feature: str, check: Check, default_on: str) -> None:
         self.feature = feature
@@ -159,6 +171,7 @@ class _Track:
         self.base_fails = 0
         self.base_values: list[float] = []
         self.base_median = 0.0
+        self.given = False  # set by CheckMonitor.set_baseline rather than learnt
         # A declared failure rate replaces the baseline: windows are tested at once.
         self.ready = self.check.expected_fail_rate is not None
         self.cusum = None
@@ -213,6 +226,7 @@ class CheckMonitor:
         self._pending: list[tuple[_Track, _Window]] = []
         self._baselines_done: list[_Track] = []
         self._errors_logged: set[tuple[str, str]] = set()
+        self._rng = np.random.default_rng(s.seed)
         self.counts = {
             "spans": 0, "results": 0, "not_applicable": 0, "errors": 0,
             "windows_tested": 0, "alerts": 0, "alerts_suppressed": 0, "cusum_alerts": 0,
@@ -325,6 +339,8 @@ class CheckMonitor:
         if not track.ready:
             self._learn(track, value)
             return None
+        if track.window.n >= self.settings.window:  # filled by merges
+            self._close(track)
         win = track.window
         if win.n == 0:
             win.start_ns = t
@@ -360,7 +376,8 @@ class CheckMonitor:
         if track.kind == "value" and track.base_values:
             track.base_median = statistics.median(track.base_values)
         self._design_cusum(track)
-        self._baselines_done.append(track)
+        if track not in self._baselines_done:
+            self._baselines_done.append(track)
 
     def _design_cusum(self, track: _Track) -> None:
         track.cusum = None
@@ -487,6 +504,10 @@ class CheckMonitor:
                         w = track.window
                         if w.n >= least and now_ns - w.start_ns >= limit:
                             self._close(track)
+            for tracks in self._features.values():
+                for track in tracks:
+                    if track.window.n >= s.window:  # filled by merges
+                        self._close(track)
             out: list[Any] = []
             for track in self._baselines_done:
                 out.extend(self._baseline_metrics(track, now_ns))
@@ -649,6 +670,7 @@ class CheckMonitor:
                     else:
                         track.base_values.append(float(value))
                 if track.base_n:  # else the baseline is learnt from the stream
+                    track.given = True
                     self._baseline_ready(track)
                 counts[track.check.name] = track.base_n
         return counts
@@ -663,6 +685,130 @@ class CheckMonitor:
                         track.window = _Window()
             self._pending = [(t, w) for t, w in self._pending
                              if feature is not None and t.feature != feature]
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Each check's baseline and untested windows, and the counters, as plain
+        (JSON-serialisable) data."""
+        s = self.settings
+        with self._lock:
+            closed: dict[int, list[_Window]] = {}
+            tracks = [t for ts in self._features.values() for t in ts]
+            for track, win in self._pending:
+                if id(track) not in closed and track not in tracks:
+                    tracks.append(track)  # its feature was evicted; its windows still count
+                closed.setdefault(id(track), []).append(win)
+            entries = [_track_snapshot(t, [*closed.get(id(t), []), t.window]) for t in tracks]
+            counts = dict(self.counts)
+        return {"format": SNAPSHOT_FORMAT, **{name: getattr(s, name) for name in MERGE_SETTINGS},
+                "counts": counts, "tracks": entries}
+
+    def merge(self, other: Mapping[str, Any]) -> None:
+        """Add another monitor's :meth:`snapshot` (e.g. from another process) into this one.
+
+        Per feature and check, counts add exactly: the snapshot's untested windows join
+        this monitor's open window, which the next :meth:`tick` closes and tests once it
+        holds ``window`` outputs, and learnt baselines add up. Numbers are kept as a
+        uniform sample of at most ``window`` (``baseline_size``) values of all the
+        outputs, each process weighted by how many it saw. A baseline given by
+        :meth:`set_baseline` wins over learnt ones; of two given baselines this monitor
+        keeps its own. CUSUM charts and cooldowns stay per process. Merge each snapshot
+        once.
+
+        Raises:
+            ValueError: the snapshot was taken with another format, window,
+                baseline_size or ``on``, or holds a check this monitor does not have or
+                declares otherwise (type, field, on, expected_fail_rate, kind); nothing
+                is merged then.
+        """
+        if other.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"not a checks snapshot ({other.get('format')!r})")
+        s = self.settings
+        differ = [f"{name} ({other.get(name)!r} != {getattr(s, name)!r})"
+                  for name in MERGE_SETTINGS if other.get(name) != getattr(s, name)]
+        if differ:
+            raise ValueError(f"snapshot taken with another {', '.join(differ)}; its "
+                             "windows cannot be merged")
+        with self._lock:
+            self._refresh_registry()
+            plan = [(self._merge_target(raw), raw) for raw in other["tracks"]]
+            for track, raw in plan:
+                self._merge_track(track, raw)
+            for name, value in (other.get("counts") or {}).items():
+                if name in self.counts and isinstance(value, int):
+                    self.counts[name] += value
+
+    def _merge_target(self, raw: Mapping[str, Any]) -> _Track:
+        """This monitor's track for a snapshot entry, once the entry is known to fit it."""
+        feature, name = str(raw["feature"]), str(raw["check"])
+        where = f"check {name!r} on feature {feature!r}"
+        track = next((t for t in self._tracks(feature) if t.check.name == name), None)
+        if track is None:
+            raise ValueError(f"{where} is not configured in this monitor; its windows "
+                             "cannot be merged")
+        differ = [f"{key} ({raw.get(key)!r} != {getattr(track.check, key)!r})"
+                  for key in CHECK_IDENTITY if raw.get(key) != getattr(track.check, key)]
+        if raw.get("kind") and track.kind and raw["kind"] != track.kind:
+            differ.append(f"kind ({raw['kind']!r} != {track.kind!r})")
+        if differ:
+            raise ValueError(f"{where} is declared with another {', '.join(differ)}; its "
+                             "windows cannot be merged")
+        s = self.settings
+        numbers = (raw.get("kind") or track.kind) == "value"
+        base = raw["baseline"]
+        _check_sample(base["n"], base["values"], numbers,
+                      math.inf if base["given"] else s.baseline_size, f"{where} baseline")
+        for win in raw["windows"]:
+            _check_sample(win["n"], win["values"], numbers, s.window, f"{where} window")
+        return track
+
+    def _merge_track(self, track: _Track, raw: Mapping[str, Any]) -> None:
+        if track.kind is None and raw.get("kind"):
+            track.kind = str(raw["kind"])
+        self._merge_baseline(track, raw["baseline"])
+        windows = [_window_from(w) for w in raw["windows"] if w["n"]]
+        if windows:
+            self._merge_windows(track, windows)
+
+    def _merge_baseline(self, track: _Track, base: Mapping[str, Any]) -> None:
+        n = int(base["n"])
+        if track.check.expected_fail_rate is not None or n == 0 or track.given:
+            return  # a declared rate, nothing learnt, or a given baseline kept
+        values = [float(v) for v in base["values"]]
+        if base["given"]:  # replaces a learnt baseline, whole
+            track.clear_baseline()
+            track.given = True
+            track.base_n, track.base_fails, track.base_values = n, int(base["fails"]), values
+        elif track.kind == "value":
+            track.base_n, track.base_values = merge_samples(
+                [(track.base_n, track.base_values), (n, values)], self.settings.baseline_size,
+                self._rng)
+        else:
+            track.base_n += n
+            track.base_fails += int(base["fails"])
+        if track.ready or base["ready"] or track.base_n >= self.settings.baseline_size:
+            self._baseline_ready(track)
+
+    def _merge_windows(self, track: _Track, windows: list[_Window]) -> None:
+        s = self.settings
+        win = track.window
+        every = [win, *windows] if win.n else windows
+        merged = _Window()
+        if track.kind == "value":
+            merged.n, merged.values = merge_samples([(w.n, w.values) for w in every],
+                                                    s.window, self._rng)
+        else:
+            merged.n = sum(w.n for w in every)
+        merged.fails = sum(w.fails for w in every)
+        merged.start_ns = min(w.start_ns for w in every)
+        merged.end_ns = max(w.end_ns for w in every)
+        examples = [e for w in every for e in w.examples]
+        if track.kind == "value":
+            examples = sorted(((abs(item["value"] - track.base_median), item)
+                               for _d, item in examples), key=lambda e: -e[0])
+        merged.examples = examples[:s.examples]
+        track.window = merged
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -704,3 +850,36 @@ def _examples_text(examples: Sequence[Mapping[str, Any]], failed: bool) -> str:
              for i, e in enumerate(examples, 1)]
     head = "failed outputs" if failed else "outputs furthest from the baseline median"
     return f"\n{head}:" + "".join(lines)
+
+
+def _track_snapshot(track: _Track, windows: Sequence[_Window]) -> dict[str, Any]:
+    check = track.check
+    return {
+        "feature": track.feature, "check": check.name, "kind": track.kind,
+        **{key: getattr(check, key) for key in CHECK_IDENTITY},
+        "baseline": {"n": track.base_n, "fails": track.base_fails,
+                     "values": list(track.base_values), "given": track.given,
+                     "ready": track.ready},
+        "windows": [{"n": w.n, "fails": w.fails, "values": list(w.values),
+                     "start_ns": w.start_ns, "end_ns": w.end_ns,
+                     "examples": [[d, dict(item)] for d, item in w.examples]}
+                    for w in windows if w.n],
+    }
+
+
+def _window_from(raw: Mapping[str, Any]) -> _Window:
+    win = _Window()
+    win.n, win.fails = int(raw["n"]), int(raw["fails"])
+    win.values = [float(v) for v in raw["values"]]
+    win.start_ns, win.end_ns = int(raw["start_ns"]), int(raw["end_ns"])
+    win.examples = [(float(d), dict(item)) for d, item in raw["examples"]]
+    return win
+
+
+def _check_sample(n: Any, values: Sequence[Any], numbers: bool, size: float,
+                  what: str) -> None:
+    """A count and its numbers must form a sample :func:`merge_samples` accepts (pass/fail
+    checks keep no numbers)."""
+    least, most = (min(n, size), n) if numbers and isinstance(n, int) else (0, 0)
+    if not isinstance(n, int) or n < 0 or not least <= len(values) <= most:
+        raise ValueError(f"{what}: {len(values)} numbers cannot stand for {n} outputs")

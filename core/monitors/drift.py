@@ -8,8 +8,8 @@ compared with a baseline by an MMD² permutation test (:func:`llmvigil.core.drif
   first ``baseline_size`` sampled outputs of the feature. It stays fixed until
   :meth:`DriftMonitor.reset_baseline` (after an intended change) or a new
   ``set_baseline``.
-* **Recent window**: the last ``window_size`` sampled outputs after the baseline,
-  sliding.
+* **Recent window**: the latest ``window_size`` sampled outputs after the baseline
+  (by span end time), sliding.
 * **Test**: at most every ``interval_s`` per feature, once the window holds
   ``min_window`` outputs and ``min_new`` arrived since the previous test. It publishes
   ``drift.p_value`` (with ``drift.p_value.n``, the window size) and ``drift.mmd2``,
@@ -31,11 +31,18 @@ queued texts of at most ``max_chars`` characters. At most ``max_features`` featu
 are tracked (least recently seen evicted first). Spans without a feature use
 ``feature="_none"``; there is no ``_all`` series, because a mix of features drifts
 whenever the traffic mix does.
+
+:meth:`DriftMonitor.snapshot` returns the baselines and windows as plain data (the
+embeddings with their span end times) and :meth:`DriftMonitor.merge` lines another
+process's up by time, so the merged windows are those of one monitor fed every
+process's outputs.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import queue
@@ -62,6 +69,11 @@ _log = logging.getLogger("llmvigil.drift")
 
 NONE = "_none"
 RULE = "drift.detected"
+SNAPSHOT_FORMAT = "llmvigil.drift.v1"
+#: Settings two monitors must share for their snapshots to merge.
+MERGE_SETTINGS = ("embedder", "embedder_options", "spans", "sample_rate", "max_chars",
+                  "baseline_size", "window_size")
+_NO_TIMES = np.zeros(0, dtype=np.int64)
 
 
 class DriftSettings(Settings):
@@ -149,21 +161,31 @@ def output_text(output: Any, max_chars: int) -> str | None:
 
 
 class _Feature:
-    """Everything kept for one feature; guarded by the monitor's lock."""
+    """Everything kept for one feature; guarded by the monitor's lock.
+
+    Every output carries its span's end time: the baseline keeps the earliest
+    ``baseline_size`` outputs and the window the latest ``window_size``, so outputs from
+    several processes (:meth:`DriftMonitor.merge`) line up in time.
+    """
 
     def __init__(self, window_size: int) -> None:
         self.baseline: np.ndarray | None = None
+        self.baseline_times = _NO_TIMES
         self.fixed = False  # baseline given by set_baseline
         self.generation = 0  # bumped when the baseline is replaced
         self.assigned = 0  # outputs routed to the baseline so far
-        self.baseline_texts: list[str] = []
-        self.texts: deque[str] = deque(maxlen=window_size)
-        self.window: np.ndarray | None = None  # ring buffer of embeddings
-        self.count = 0  # filled rows of the ring
-        self.pos = 0  # next row to write
+        self.baseline_texts: list[tuple[int, str]] = []
+        self.texts: deque[tuple[int, str]] = deque(maxlen=window_size)
+        self.window: np.ndarray | None = None  # embedded recent outputs, oldest first
+        self.window_times = _NO_TIMES
         self.new = 0  # embedded since the last test
         self.next_due_ns = 0
         self.last_alert_ns: int | None = None
+
+    @property
+    def count(self) -> int:
+        """Embedded outputs in the recent window."""
+        return 0 if self.window is None else self.window.shape[0]
 
 
 @dataclass
@@ -171,8 +193,8 @@ class _Item:
     key: str
     state: _Feature
     generation: int
-    baseline_texts: list[str]
-    texts: list[str]
+    baseline_texts: list[tuple[int, str]]
+    texts: list[tuple[int, str]]
 
 
 @dataclass
@@ -228,6 +250,7 @@ class DriftMonitor:
         self._idle.set()
         self._thread: threading.Thread | None = None
         self._rng = np.random.default_rng(s.seed)
+        self._inflight: dict[int, _Item] = {}  # handed to the drift thread, by id()
         self._threshold = int(s.sample_rate * 2**32)
         self.counters = _Counters()
 
@@ -264,15 +287,16 @@ class DriftMonitor:
         if text is None:
             return ()
         self.counters.sampled += 1
+        entry = (record.end_ns or record.start_ns, text)
         with self._lock:
             state = self._state(record.feature or NONE)
             if not state.fixed and state.assigned < self.settings.baseline_size:
                 state.assigned += 1
-                state.baseline_texts.append(text)
+                state.baseline_texts.append(entry)
             else:
                 if len(state.texts) == state.texts.maxlen:
                     self.counters.superseded += 1
-                state.texts.append(text)
+                state.texts.append(entry)
         return ()
 
     def _state(self, key: str) -> _Feature:
@@ -314,14 +338,24 @@ class DriftMonitor:
         interval_ns = int(self.settings.interval_s * 1e9)
         with self._lock:
             for key, state in self._features.items():
-                if now_ns < state.next_due_ns or not (state.baseline_texts or state.texts):
+                if now_ns < state.next_due_ns or not (state.baseline_texts or state.texts
+                                                      or self._testable(state)):
                     continue
                 state.next_due_ns = now_ns + interval_ns
-                job.append(_Item(key, state, state.generation, state.baseline_texts,
-                                 list(state.texts)))
+                item = _Item(key, state, state.generation, state.baseline_texts,
+                             list(state.texts))
+                job.append(item)
+                self._inflight[id(item)] = item
                 state.baseline_texts = []
                 state.texts.clear()
         return job
+
+    def _testable(self, state: _Feature) -> bool:
+        """Whether the feature's embedded outputs alone are enough for a test (after a merge)."""
+        s = self.settings
+        complete = state.baseline is not None and (state.fixed or
+                                                   state.baseline.shape[0] >= s.baseline_size)
+        return complete and state.count >= s.min_window and state.new >= s.min_new
 
     def _publish(self) -> list[Any]:
         out: list[Any] = []
@@ -382,6 +416,9 @@ class DriftMonitor:
             for item in job:
                 self._run_item(item, time_ns)
         finally:
+            with self._lock:
+                for item in job:
+                    self._inflight.pop(id(item), None)
             elapsed = time.perf_counter() - started
             self.counters.last_job_s = elapsed
             self.counters.max_job_s = max(self.counters.max_job_s, elapsed)
@@ -400,31 +437,30 @@ class DriftMonitor:
         s = self.settings
         state = item.state
         try:
-            base = self._embed(item.baseline_texts) if item.baseline_texts else None
-            recent = self._embed(item.texts) if item.texts else None
+            base = self._embed([t for _, t in item.baseline_texts]) \
+                if item.baseline_texts else None
+            recent = self._embed([t for _, t in item.texts]) if item.texts else None
         except Exception as exc:
             self.counters.embed_errors += 1
             _log.warning("llmvigil drift: embedder %r failed on %d texts: %r", s.embedder,
                          len(item.baseline_texts) + len(item.texts), exc)
             with self._lock:
+                self._inflight.pop(id(item), None)
                 if item.generation == state.generation:  # let later outputs fill the baseline
                     state.assigned -= len(item.baseline_texts)
             return
         with self._lock:
-            if base is not None and item.generation == state.generation and not state.fixed:
-                state.baseline = base if state.baseline is None else \
-                    np.concatenate([state.baseline, base])
+            self._inflight.pop(id(item), None)
+            if base is not None and item.generation == state.generation:
+                self._add_baseline(state, base, _times(item.baseline_texts))
             if recent is not None:
-                self._push(state, recent)
-            baseline = state.baseline
-            complete = baseline is not None and (state.fixed or
-                                                 baseline.shape[0] >= s.baseline_size)
-            if not complete or state.count < s.min_window or state.new < s.min_new:
+                self._add_window(state, recent, _times(item.texts))
+            if not self._testable(state):
                 return
-            assert state.window is not None and baseline is not None
-            if state.window.shape[1] != baseline.shape[1]:
+            baseline, window = state.baseline, state.window
+            assert window is not None and baseline is not None
+            if window.shape[1] != baseline.shape[1]:
                 return
-            window = state.window[:state.count].copy()
             state.new = 0
         try:
             result = mmd_test(baseline, window, permutations=s.permutations, method=s.method,
@@ -437,19 +473,28 @@ class DriftMonitor:
         self.counters.tests += 1
         self._outcomes.append(_Outcome(item.key, time_ns, result, baseline.shape[0]))
 
-    def _push(self, state: _Feature, vectors: np.ndarray) -> None:
-        size = self.settings.window_size
-        if state.window is None or state.window.shape[1] != vectors.shape[1]:
-            state.window = np.zeros((size, vectors.shape[1]), dtype=np.float32)
-            state.count = state.pos = 0
-        state.new += vectors.shape[0]
-        vectors = vectors[-size:]  # older rows would be overwritten at once
-        k = vectors.shape[0]
-        first = min(k, size - state.pos)
-        state.window[state.pos:state.pos + first] = vectors[:first]
-        state.window[:k - first] = vectors[first:]
-        state.pos = (state.pos + k) % size
-        state.count = min(size, state.count + k)
+    def _add_baseline(self, state: _Feature, rows: np.ndarray, times: np.ndarray) -> None:
+        """Learn a baseline from the earliest outputs; later ones go to the window."""
+        if state.fixed:
+            self._add_window(state, rows, times)
+            return
+        if state.baseline is not None and state.baseline.shape[1] == rows.shape[1]:
+            rows = np.concatenate([state.baseline, rows])
+            times = np.concatenate([state.baseline_times, times])
+        order = np.argsort(times, kind="stable")
+        keep, rest = order[:self.settings.baseline_size], order[self.settings.baseline_size:]
+        state.baseline, state.baseline_times = rows[keep], times[keep]
+        if rest.size:
+            self._add_window(state, rows[rest], times[rest])
+
+    def _add_window(self, state: _Feature, rows: np.ndarray, times: np.ndarray) -> None:
+        """Add embedded outputs to the window, which keeps the latest ``window_size``."""
+        state.new += rows.shape[0]
+        if state.window is not None and state.window.shape[1] == rows.shape[1]:
+            rows = np.concatenate([state.window, rows])
+            times = np.concatenate([state.window_times, times])
+        order = np.argsort(times, kind="stable")[-self.settings.window_size:]
+        state.window, state.window_times = rows[order], times[order]
 
     # -- baseline control (any thread) ----------------------------------------------
 
@@ -478,6 +523,7 @@ class DriftMonitor:
             state = self._state(feature or NONE)
             state.generation += 1
             state.baseline = vectors
+            state.baseline_times = np.zeros(vectors.shape[0], dtype=np.int64)
             state.fixed = True
             state.baseline_texts = []
         return len(texts)
@@ -490,6 +536,7 @@ class DriftMonitor:
                 return
             state.generation += 1
             state.baseline = None
+            state.baseline_times = _NO_TIMES
             state.fixed = False
             state.assigned = 0
             state.baseline_texts = []
@@ -500,6 +547,136 @@ class DriftMonitor:
         with self._lock:
             state = self._features.get(feature or NONE)
             return 0 if state is None or state.baseline is None else state.baseline.shape[0]
+
+    # -- snapshots (any thread) -----------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every feature's baseline and recent window as plain (JSON-serialisable) data.
+
+        Embeddings travel as base64 little-endian float32 with each output's span end
+        time; outputs not embedded yet (queued, or in the drift thread's hands) travel as
+        text, for the monitor that merges them to embed.
+        """
+        with self._lock:
+            inflight = list(self._inflight.values())
+            features = [self._feature_snapshot(key, state, inflight)
+                        for key, state in self._features.items()]
+        return {"format": SNAPSHOT_FORMAT, **self._merge_settings(),
+                "counters": dataclasses.asdict(self.counters), "features": features}
+
+    def _merge_settings(self) -> dict[str, Any]:
+        s = self.settings
+        return {name: _plain(getattr(s, name)) for name in MERGE_SETTINGS}
+
+    def _feature_snapshot(self, key: str, state: _Feature,
+                          inflight: list[_Item]) -> dict[str, Any]:
+        queued_baseline, queued = list(state.baseline_texts), list(state.texts)
+        for item in inflight:
+            if item.state is state:
+                if item.generation == state.generation:
+                    queued_baseline += item.baseline_texts
+                queued += item.texts
+        return {
+            "feature": key, "fixed": state.fixed,
+            "baseline": _encode(state.baseline), "baseline_times": state.baseline_times.tolist(),
+            "window": _encode(state.window), "window_times": state.window_times.tolist(),
+            "queued_baseline": [[t, text] for t, text in queued_baseline],
+            "queued": [[t, text] for t, text in queued],
+        }
+
+    def merge(self, other: Mapping[str, Any]) -> None:
+        """Add another monitor's :meth:`snapshot` (e.g. from another process) into this one.
+
+        Outputs line up by span end time: the baseline keeps the earliest
+        ``baseline_size`` outputs of both and the window the latest ``window_size``, so
+        merging every replica's snapshot into a fresh monitor gives the windows of one
+        monitor fed all their outputs. A baseline given by :meth:`set_baseline` wins over
+        a learnt one (whose outputs then join the window); of two given baselines this
+        monitor keeps its own. Counters add. Merge each snapshot once.
+
+        Raises:
+            ValueError: the snapshot was taken with another format, embedder, embedder
+                options, spans, sample_rate, max_chars, baseline_size or window_size, or
+                holds embeddings of another dimension; nothing is merged then.
+            RuntimeError: this monitor is disabled.
+        """
+        if other.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"not a drift snapshot ({other.get('format')!r})")
+        mine = self._merge_settings()
+        differ = [f"{name} ({_plain(other.get(name))!r} != {mine[name]!r})"
+                  for name in MERGE_SETTINGS if _plain(other.get(name)) != mine[name]]
+        if differ:
+            raise ValueError(f"snapshot taken with another {', '.join(differ)}; its "
+                             "windows cannot be merged")
+        if self.embed is None:
+            raise RuntimeError("the drift monitor is disabled")
+        parts = [_Part.parse(raw) for raw in other["features"]]
+        with self._lock:
+            for part in parts:
+                self._check_dimension(part)
+            for part in parts:
+                self._merge_part(part)
+        self._add_counters(other.get("counters") or {})
+
+    def _check_dimension(self, part: _Part) -> None:
+        state = self._features.get(part.key)
+        mine = [] if state is None else [state.baseline, state.window]
+        dims = {rows.shape[1] for rows in [*mine, part.baseline, part.window]
+                if rows is not None}
+        if len(dims) > 1:
+            raise ValueError(f"feature {part.key!r}: embeddings of dimensions "
+                             f"{sorted(dims)} cannot be merged")
+
+    def _merge_part(self, part: _Part) -> None:
+        s = self.settings
+        state = self._state(part.key)
+        if part.baseline is not None and part.fixed:
+            if not state.fixed:
+                self._adopt_baseline(state, part.baseline)
+        elif part.baseline is not None:
+            self._add_baseline(state, part.baseline, part.baseline_times)
+            state.assigned = min(s.baseline_size, state.assigned + part.baseline.shape[0])
+        if part.window is not None:
+            self._add_window(state, part.window, part.window_times)
+        if state.fixed:
+            self._queue(state, part.queued_baseline + part.queued)
+            return
+        state.baseline_texts = sorted(state.baseline_texts + part.queued_baseline,
+                                      key=lambda entry: entry[0])
+        state.assigned = min(s.baseline_size, state.assigned + len(part.queued_baseline))
+        self._queue(state, part.queued)
+
+    def _adopt_baseline(self, state: _Feature, rows: np.ndarray) -> None:
+        """Take a given baseline in place of a learnt one, whose outputs join the window."""
+        learnt, learnt_times, pending = state.baseline, state.baseline_times, state.baseline_texts
+        state.generation += 1
+        state.fixed = True
+        state.baseline = rows
+        state.baseline_times = np.zeros(rows.shape[0], dtype=np.int64)
+        state.baseline_texts = []
+        if learnt is not None:
+            self._add_window(state, learnt, learnt_times)
+        self._queue(state, pending)
+
+    def _queue(self, state: _Feature, entries: list[tuple[int, str]]) -> None:
+        """Queue texts for the window, keeping the latest ``window_size`` by time."""
+        if not entries:
+            return
+        merged = sorted([*state.texts, *entries], key=lambda entry: entry[0])
+        size = self.settings.window_size
+        self.counters.superseded += max(0, len(merged) - size)
+        state.texts = deque(merged[-size:], maxlen=size)
+
+    def _add_counters(self, theirs: Mapping[str, Any]) -> None:
+        c = self.counters
+        for field in dataclasses.fields(c):
+            value = theirs.get(field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if field.name == "max_job_s":
+                c.max_job_s = max(c.max_job_s, float(value))
+            elif field.name != "last_job_s":
+                setattr(c, field.name, getattr(c, field.name) + int(value))
 
     # -- control --------------------------------------------------------------------
 
@@ -532,3 +709,67 @@ class DriftMonitor:
             "last_job_s": c.last_job_s, "max_job_s": c.max_job_s,
             "job_running": not self._idle.is_set(),
         }
+
+
+@dataclass
+class _Part:
+    """One feature of a snapshot, decoded and checked."""
+
+    key: str
+    fixed: bool
+    baseline: np.ndarray | None
+    baseline_times: np.ndarray
+    window: np.ndarray | None
+    window_times: np.ndarray
+    queued_baseline: list[tuple[int, str]]
+    queued: list[tuple[int, str]]
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> _Part:
+        """Decode one entry of a snapshot's ``features`` (``ValueError`` when malformed)."""
+        key = str(raw["feature"])
+        baseline = _decode(raw.get("baseline"), f"feature {key!r} baseline")
+        window = _decode(raw.get("window"), f"feature {key!r} window")
+        return cls(key, bool(raw.get("fixed")),
+                   baseline, _times_of(raw.get("baseline_times"), baseline, key),
+                   window, _times_of(raw.get("window_times"), window, key),
+                   _entries(raw.get("queued_baseline")), _entries(raw.get("queued")))
+
+
+def _times(entries: Sequence[tuple[int, str]]) -> np.ndarray:
+    """The span end times of queued ``(time, text)`` entries."""
+    return np.fromiter((t for t, _ in entries), dtype=np.int64, count=len(entries))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON would carry it (tuples become lists), for comparing settings."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _encode(rows: np.ndarray | None) -> dict[str, Any] | None:
+    if rows is None:
+        return None
+    data = np.ascontiguousarray(rows, dtype="<f4")
+    return {"shape": list(data.shape), "float32": base64.b64encode(data.tobytes()).decode()}
+
+
+def _decode(data: Mapping[str, Any] | None, what: str) -> np.ndarray | None:
+    if data is None:
+        return None
+    shape = tuple(int(n) for n in data["shape"])
+    raw = base64.b64decode(data["float32"], validate=True)
+    if len(shape) != 2 or len(raw) != 4 * shape[0] * shape[1]:
+        raise ValueError(f"{what}: {len(raw)} bytes do not hold float32 rows of shape {shape}")
+    return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
+
+
+def _times_of(values: Sequence[int] | None, rows: np.ndarray | None, key: str) -> np.ndarray:
+    times = np.asarray(values or [], dtype=np.int64)
+    if times.shape != ((0,) if rows is None else (rows.shape[0],)):
+        raise ValueError(f"feature {key!r}: {times.size} times for "
+                         f"{0 if rows is None else rows.shape[0]} embedded outputs")
+    return times
+
+
+def _entries(values: Sequence[Sequence[Any]] | None) -> list[tuple[int, str]]:
+    return [(int(t), str(text)) for t, text in values or ()]

@@ -8,6 +8,9 @@ evicted first, and counted), so a monitor's memory stays bounded whatever the tr
 :func:`parse_settings` validates a monitor's plain config mapping with its pydantic
 model and turns any problem into one :class:`~llmvigil.core.errors.ConfigError` whose
 lines name the dotted key, what was found and what was expected.
+
+:func:`merge_samples` merges uniform samples of several processes' outputs into one
+uniform sample of their union, for monitors whose snapshots merge across a fleet.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ConfigError
 
-__all__ = ["RollingCounters", "Settings", "parse_settings"]
+__all__ = ["RollingCounters", "Settings", "merge_samples", "parse_settings"]
 
 _M = TypeVar("_M", bound=BaseModel)
+_T = TypeVar("_T")
 
 
 class Settings(BaseModel):
@@ -61,6 +66,37 @@ def parse_settings(model: type[_M], data: Mapping[str, Any] | _M | None, where: 
                 msg = str(err["msg"]).removeprefix("Value error, ")
                 lines.append(f"{where}{loc}: {msg}, got {shown}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def merge_samples(parts: Sequence[tuple[int, Sequence[_T]]], size: int,
+                  rng: np.random.Generator) -> tuple[int, list[_T]]:
+    """Merge uniform samples of disjoint populations into a uniform sample of their union.
+
+    Each part is ``(population, sample)``: how many items a process saw, and a uniform
+    sample of them without replacement holding at least ``min(population, size)`` items
+    (all of them when there are that few). Returns the union's size and a uniform sample
+    of ``min(union, size)`` of its items: how many come from each part is multivariate
+    hypergeometric in the population sizes, so a part that saw ten times more items
+    contributes about ten times more, however large its sample. Deterministic given ``rng``.
+
+    Raises:
+        ValueError: a sample larger than its population, or smaller than
+            ``min(population, size)``.
+    """
+    for n, sample in parts:
+        if n < 0 or len(sample) > n or len(sample) < min(n, size):
+            raise ValueError(f"a sample of {len(sample)} items cannot stand for {n} items "
+                             f"(a sample holds min(population, {size}) to population items)")
+    total = sum(n for n, _ in parts)
+    if total <= size:
+        return total, [item for _, sample in parts for item in sample]
+    counts = rng.multivariate_hypergeometric([n for n, _ in parts], size)
+    out: list[_T] = []
+    for (_, sample), count in zip(parts, counts, strict=True):
+        if count:
+            picked = rng.choice(len(sample), size=int(count), replace=False)
+            out.extend(sample[int(i)] for i in np.sort(picked))
+    return total, out
 
 
 class _Ring:

@@ -26,7 +26,6 @@ import gc
 import logging
 import os
 import platform
-import shutil
 import sqlite3
 import sys
 import tempfile

@@ -226,7 +226,7 @@ class Outbox:
         self._consecutive_failures += 1
         if self._consecutive_failures >= s.breaker_failures:
             self._open_until = time.monotonic() + s.breaker_reset_s
-            _log.warning("llmvigil backend %r is down; journaling for %.0fs",
+            _log.warning("llmvigil backend %r is down; journaling for %.3gs",
                          self.name, s.breaker_reset_s)
         return RETRY
 

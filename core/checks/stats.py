@@ -10,8 +10,8 @@
   (the exact in-control average run length of the integer chart).
 
 Each function returns what :mod:`scipy.stats` returns for the same call (same
-alternatives, same conventions), so results can be checked against it; scipy itself
-is not needed at run time.
+alternatives, same conventions; the one exception is said on :func:`ks_2samp`), so
+results can be checked against it; scipy itself is not needed at run time.
 """
 
 from __future__ import annotations
@@ -276,7 +276,10 @@ def ks_2samp(x: Sequence[float] | np.ndarray,
 
     The p-value is the exact one (the ``method="exact"`` of ``scipy.stats.ks_2samp``)
     when ``len(x) * len(y) <= 10**8``, otherwise the limiting Kolmogorov
-    distribution. Like scipy, the exact p-value assumes no ties.
+    distribution at ``sqrt(m n / (m + n)) D``. Like scipy, the exact p-value assumes
+    no ties. The limiting branch is the one place that differs from scipy, whose
+    ``method="asymp"`` takes the finite-n Kolmogorov distribution at
+    ``n = round(m n / (m + n))``: about 1% apart in p at 10,000 against 50,000.
     """
     xa = np.sort(np.asarray(x, dtype=np.float64))
     ya = np.sort(np.asarray(y, dtype=np.float64))

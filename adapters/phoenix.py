@@ -7,7 +7,12 @@ Spans go over OTLP/HTTP with OpenInference attributes (``openinference.span.kind
 Event`` for time to first token, and the project named by the
 ``openinference.project.name`` resource attribute. The GenAI attributes of the
 ``otlp`` backend ride along (without duplicating content) so nothing llmvigil knows
-is lost.
+is lost. Phoenix fills in OpenInference attributes it finds missing from the GenAI
+ones (``llm.invocation_parameters`` from ``gen_ai.request.*``, an ``output.value``
+from the response model and id...); two hints let the importer tell the span's own
+from those: ``llmvigil.attribute_keys`` lists the span's own attribute names, and
+``llmvigil.operation.explicit`` says an operation equal to the one its kind implies
+was the span's own (the GenAI attributes always carry one).
 
 Delivery is batched and synchronous: the outbox hands a batch to
 ``phoenix.otel.HTTPSpanExporter.export()`` (the batched path; no
@@ -37,17 +42,22 @@ from ..core.errors import MissingExtraError
 from ..core.model import SafetyVerdict, Score, SessionEvent, Span
 from ..plugins.hookspecs import hookimpl
 from ..plugins.types import AdapterInfo, Capabilities, ExportResult
-from .otlp import genai_attributes
+from .otlp import default_operation, genai_attributes
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["CAPABILITIES", "PhoenixBackend", "openinference_attributes"]
+__all__ = ["ATTRIBUTE_KEYS", "CAPABILITIES", "OPERATION_EXPLICIT", "PhoenixBackend",
+           "openinference_attributes"]
 
 _log = logging.getLogger("llmvigil.adapters.phoenix")
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:6006"
 FIRST_TOKEN_EVENT = "First Token Stream Event"
+#: The names of the span's own attributes (Phoenix adds attributes of its own).
+ATTRIBUTE_KEYS = "llmvigil.attribute_keys"
+#: ``True``: the span's operation is its own, although its kind implies the same one.
+OPERATION_EXPLICIT = "llmvigil.operation.explicit"
 
 CAPABILITIES = Capabilities(
     holds={
@@ -89,6 +99,10 @@ def openinference_attributes(span: Span) -> dict[str, Any]:
 
     out = {k: v for k, v in genai_attributes(span).items()
            if k not in _GENAI_CONTENT and not k.startswith("llmvigil.metadata.")}
+    if span.attributes:
+        out[ATTRIBUTE_KEYS] = sorted(span.attributes)
+    if span.operation is not None and span.operation == default_operation(span.kind):
+        out[OPERATION_EXPLICIT] = True
     out["openinference.span.kind"] = _OI_KINDS.get(span.kind, "CHAIN")
     out["session.id"] = span.session_id
     out["user.id"] = span.user_id

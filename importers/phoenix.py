@@ -20,6 +20,10 @@ Mapping (the inverse of :mod:`llmvigil.adapters.phoenix` where it can be inverte
   OpenInference ones: model, response model and id, provider, usage (cache tokens
   included), cost and its price source, TTFT, stream statistics, user, session,
   feature, environment, release, tags, metadata, input and output, status and error.
+  What Phoenix fills in from the GenAI attributes is left out: the attributes not
+  named by the adapter's ``llmvigil.attribute_keys`` hint (``llm.invocation_parameters``
+  made from ``gen_ai.request.*``...), and an output it made up for a span without
+  one (the response id and model as JSON, a tool's ``gen_ai.tool.call.result``).
 * **other spans** map from OpenInference: ``openinference.span.kind``,
   ``llm.model_name``/``embedding.model_name``, ``llm.provider``/``llm.system``,
   ``llm.token_count.*`` (cached prompt tokens are inside the prompt count there and
@@ -57,6 +61,7 @@ from typing import Any
 import msgspec
 
 from ..adapters.otlp import default_operation
+from ..adapters.phoenix import ATTRIBUTE_KEYS, OPERATION_EXPLICIT
 from ..core.errors import ConfigError, MissingExtraError
 from ..core.migrate import Skipped, record_key
 from ..core.model import SPAN_KINDS, SafetyVerdict, Score, SessionEvent, Span, StreamStats, Usage
@@ -289,6 +294,34 @@ def _ttft(attrs: dict[str, Any], events: list[dict[str, Any]], start_ns: int) ->
     return None
 
 
+def _operation(attrs: dict[str, Any], ours: bool, kind: str) -> str | None:
+    """The span's operation. The adapter writes the one a kind implies on every span:
+    that one is the span's own only when the adapter says so."""
+    operation = checked_str(attrs.pop(_ATTR["operation"], None), _ATTR["operation"])
+    explicit = attrs.pop(OPERATION_EXPLICIT, None) is True
+    if ours and not explicit and operation == default_operation(kind):
+        return None
+    return operation
+
+
+def _drop_phoenix_content(attrs: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    """Drop the input/output values Phoenix made up for a llmvigil span that had none.
+
+    The adapter sends a mime type with every value, and JSON only in compact form;
+    Phoenix writes a tool's ``gen_ai.tool.call.result`` without one, and the
+    response id and model as ``json.dumps`` does, with spaces.
+    """
+    response = {k: v for k, v in (("id", fields.get("response_id")),
+                                  ("model", fields.get("response_model"))) if v}
+    made_up = json.dumps(response, ensure_ascii=False) if response else None
+    for side in ("input", "output"):
+        value, mime = attrs.get(f"{side}.value"), attrs.get(f"{side}.mime_type")
+        if value is not None and (mime is None or (side == "output" and value == made_up
+                                                   and mime == "application/json")):
+            del attrs[f"{side}.value"]
+            attrs.pop(f"{side}.mime_type", None)
+
+
 def span_to_record(raw: Mapping[str, Any]) -> Span:
     """One Phoenix span (REST shape) as a llmvigil span (see the module docstring).
 
@@ -328,11 +361,7 @@ def span_to_record(raw: Mapping[str, Any]) -> Span:
     if isinstance(reasons, list):
         reasons = reasons[0] if reasons else None
     fields["stop_reason"] = checked_str(reasons, _ATTR["stop_reason"])
-    operation = checked_str(attrs.pop(_ATTR["operation"], None), _ATTR["operation"])
-    # The adapter always writes the operation a kind implies: only another one is a
-    # field of the span.
-    fields["operation"] = None if ours and operation == default_operation(str(kind)) \
-        else operation
+    fields["operation"] = _operation(attrs, ours, kind)
     fields["usage"] = _usage(attrs)
     fields["stream"] = _stream(attrs)
     if not ours:  # OpenInference names for what the GenAI attributes did not give
@@ -345,6 +374,9 @@ def span_to_record(raw: Mapping[str, Any]) -> Span:
             attrs.pop("llm.finish_reason", None), "llm.finish_reason")
         if fields["cost_usd"] is None:
             fields["cost_usd"] = _number(attrs.pop("llm.cost.total", None), "llm.cost.total")
+    own_keys = attrs.pop(ATTRIBUTE_KEYS, None)
+    if ours:
+        _drop_phoenix_content(attrs, fields)
     tags = attrs.get("tag.tags") or []
     if not isinstance(tags, list):
         tags = [tags]
@@ -358,6 +390,9 @@ def span_to_record(raw: Mapping[str, Any]) -> Span:
     if ours:
         for key in [k for k in attrs if k in _OI_DERIVED or k.startswith(_OI_DERIVED_PREFIXES)]:
             del attrs[key]
+        if isinstance(own_keys, list):  # the rest is Phoenix's (llm.invocation_parameters...)
+            keep = set(own_keys)
+            attrs = {k: v for k, v in attrs.items() if k in keep}
     else:
         for key in ("openinference.span.kind", "tag.tags", "input.value", "input.mime_type",
                     "output.value", "output.mime_type"):

@@ -9,9 +9,11 @@ tests skip.
 from __future__ import annotations
 
 import importlib
+import json
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,10 +28,11 @@ pytest.importorskip("phoenix.otel", reason="needs llmvigil[phoenix]")
 import httpx
 import llmvigil
 import msgspec
+from llmvigil.adapters.local import LocalStore
 from llmvigil.core import capture
 from llmvigil.core.errors import ConfigError
 from llmvigil.core.migrate import Skipped, record_key
-from llmvigil.core.migrate.engine import Checkpoint, Destination, Selection, migrate
+from llmvigil.core.migrate.engine import Checkpoint, Destination, Selection, Totals, migrate
 from llmvigil.core.model import (
     SafetyVerdict,
     Score,
@@ -44,6 +47,7 @@ from llmvigil.core.model import (
 from llmvigil.importers.phoenix import PhoenixImporter, PhoenixReadError
 from llmvigil.plugins.manager import get_adapter, importer_infos, new_plugin_manager
 from phoenix_server import PhoenixServer, phoenix_server  # noqa: F401  (fixture)
+from test_files import cli, make_history
 from vigil_testing import start
 
 IMPORTER = "llmvigil.importers.phoenix"
@@ -59,15 +63,15 @@ def plugin_manager() -> Any:
     return pm
 
 
-def wait_for(probe: Callable[[], Any], timeout: float = 30.0) -> Any:
+def wait_for(probe: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.2)
+            raise AssertionError(f"condition not met in {timeout:.0f}s")
+        time.sleep(interval)
 
 
 def emit_history(base: int) -> None:
@@ -98,12 +102,14 @@ def emit_history(base: int) -> None:
             user_id=user, session_id=sess, feature="support", environment="prod",
             release="1.2.3", tags=["beta"],
             metadata={"plan": "pro", "tier": {"level": 2, "flags": ["a", "b"]}, "n": i},
-            attributes={"app.region": "eu"})
+            # Phoenix makes an llm.invocation_parameters of gen_ai.request.*: not ours.
+            attributes={"app.region": "eu", "gen_ai.request.max_tokens": 256})
         # Three siblings starting at the same ns: a tie that straddles span pages.
         tools = [
             Span(id=new_span_id(), trace_id=tid, parent_id=root.id, name="lookup-a",
                  kind="tool", start_ns=t + 2 * S, end_ns=t + 2 * S + 7_000, status="ok",
-                 input={"order": i}, output=["doc-1", 2]),
+                 input={"order": i}, output=["doc-1", 2],
+                 operation="execute_tool"),  # its own, although the kind implies it
             Span(id=new_span_id(), trace_id=tid, parent_id=root.id, name="lookup-b",
                  kind="tool", start_ns=t + 2 * S, end_ns=t + 3 * S, status="error",
                  error="no such order", error_type="KeyError"),
@@ -111,9 +117,11 @@ def emit_history(base: int) -> None:
                  kind="retriever", start_ns=t + 2 * S, end_ns=t + 2 * S + 1,
                  output=[{"id": "d1", "score": 0.9}]),
         ]
+        # No output: Phoenix makes up one of the response model, not the span's.
         embed = Span(id=new_span_id(), trace_id=tid, parent_id=tools[2].id, name="embed",
                      kind="embedding", start_ns=t + 2 * S + 500, end_ns=t + 2 * S + 900,
-                     model="voyage-3", usage=Usage(input_tokens=42))
+                     model="voyage-3", response_model="voyage-3-0925",
+                     usage=Usage(input_tokens=42))
         plain = Span(id=new_span_id(), trace_id=tid, parent_id=root.id, name="format",
                      start_ns=t + 4 * S, end_ns=t + 4 * S + 10)
         for span in (root, llm, *tools, embed, plain):
@@ -473,3 +481,166 @@ def test_unknown_project_and_unreachable_server(history: History) -> None:
     with pytest.raises(PhoenixReadError, match=rf"Phoenix {dead}: cannot reach it: Connect"):
         list(importer(dead, "p").read({}))
     assert importer(dead, "p").estimate({}) is None
+
+
+# -- at scale ---------------------------------------------------------------------------------
+
+#: make_history(3000): 11,000 spans in 3,000 trees (root, 1-3 llm children, some tool
+#: grandchildren), 3,000 scores, 750 session events, 600 safety verdicts.
+BIG_TRACES = 3000
+#: Spans per OTLP request, scores per annotation request.
+BIG_BATCH = 1000
+#: Phoenix inserts spans in the background, ~100 per transaction: 11,000 spans took
+#: 75-125 s on a busy 2-core machine (the bulk of this test's ~2.5 minutes).
+INGEST_DEADLINE_S = 180.0
+KIND_OF = {Span: "spans", Score: "scores", SessionEvent: "session_events",
+           SafetyVerdict: "safety_verdicts"}
+
+
+def big_history(tag: str) -> tuple[list[Span], list[Any]]:
+    """make_history's spans, in (start, id) order, and its scores, session events and
+    verdicts, with fresh span, trace and session ids (``tag-`` before the session's):
+    Phoenix keeps those unique across projects, and make_history's are the same on
+    every call. Its llm spans also carry the request parameters the anthropic
+    instrumentation records, which Phoenix turns into an llm.invocation_parameters."""
+    history = make_history(BIG_TRACES)
+    span_ids = {r.id: new_span_id() for r in history if isinstance(r, Span)}
+    trace_ids = {r.trace_id: new_trace_id() for r in history if isinstance(r, Span)}
+    params = {"gen_ai.request.max_tokens": 1024, "gen_ai.request.temperature": 0.5}
+
+    def renamed(record: Any) -> Any:
+        changes: dict[str, Any] = {}
+        for name, ids in (("trace_id", trace_ids), ("span_id", span_ids),
+                          ("parent_id", span_ids)):
+            if name in record.__struct_fields__ and getattr(record, name) is not None:
+                changes[name] = ids[getattr(record, name)]
+        if getattr(record, "session_id", None) is not None:
+            changes["session_id"] = f"{tag}-{record.session_id}"
+        if isinstance(record, Span):
+            changes["id"] = span_ids[record.id]
+            if record.kind == "llm":
+                changes["attributes"] = {**record.attributes, **params}
+        return msgspec.structs.replace(record, **changes)
+
+    records = [renamed(r) for r in history if isinstance(r, tuple(KIND_OF))]
+    spans = sorted((r for r in records if isinstance(r, Span)), key=record_key)
+    return spans, [r for r in records if not isinstance(r, Span)]
+
+
+def kind_counts(records: Any) -> Counter[str]:
+    return Counter(KIND_OF[type(r)] for r in records)
+
+
+def write_through_adapter(url: str, project: str, spans: list[Span],
+                          annotations: list[Any]) -> None:
+    """Spans over OTLP, then (once Phoenix holds them all) scores, session events and
+    verdicts as annotations, all through the phoenix adapter's export hooks."""
+    from llmvigil.adapters.phoenix import PhoenixBackend
+
+    backend = PhoenixBackend({"endpoint": url, "project": project, "timeout_s": 60.0})
+    try:
+        started = time.monotonic()
+        for i in range(0, len(spans), BIG_BATCH):
+            assert backend.llmvigil_export_spans(spans[i:i + BIG_BATCH]).value == "success"
+        held = importer(url, project)
+        wait_for(lambda: held.estimate({}) == len(spans), timeout=INGEST_DEADLINE_S,
+                 interval=1.0)
+        ingested = time.monotonic()
+        for cls, hook in ((Score, backend.llmvigil_export_scores),
+                          (SessionEvent, backend.llmvigil_export_session_events),
+                          (SafetyVerdict, backend.llmvigil_export_safety_verdicts)):
+            batch = [r for r in annotations if isinstance(r, cls)]
+            for i in range(0, len(batch), BIG_BATCH):
+                assert hook(batch[i:i + BIG_BATCH]).value == "success", cls
+    finally:
+        backend.llmvigil_shutdown(timeout_s=1)
+    print(f"phoenix held {len(spans)} spans after {ingested - started:.1f}s, "
+          f"{len(annotations)} annotations after {time.monotonic() - ingested:.1f}s more")
+
+
+def span_totals(spans: Any) -> dict[str, Any]:
+    """Span count, token and cost totals, summed in id order (equal spans, equal floats)."""
+    totals = Totals()
+    for span in sorted(spans, key=lambda s: s.id):
+        totals.add(span)
+    return totals.as_dict()
+
+
+def migrate_cli(url: str, project: str, dst: Path, ck: Path, *extra: str) -> dict[str, Any]:
+    result = cli("migrate", "--from", "phoenix", "--from-opt", f"endpoint={url}",
+                 "--project", project, "--to", "local", "--to-opt", f"path={dst}",
+                 "--to-opt", "redaction=full", "--checkpoint", str(ck), "--json", *extra)
+    assert "Traceback" not in result.output, result.output
+    assert result.exit_code == 0, result.output
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report["problems"] == [] and report["stopped"] is None, report
+    return report
+
+
+@pytest.mark.slow
+def test_ten_thousand_spans_in_trees_round_trip(phoenix_server: PhoenixServer,  # noqa: F811
+                                                tmp_path: Path) -> None:
+    """11,000 spans in trees with scores and sessions, written through the phoenix
+    adapter into a real Phoenix, read back whole with the importer, then moved to a
+    local store by `vigil migrate` in three runs (two stopped by --limit) and a fourth
+    that finds nothing left to move."""
+    url, project = phoenix_server.url, f"big-{uuid.uuid4().hex[:8]}"
+    spans, annotations = big_history(project)
+    expected = kind_counts([*spans, *annotations])
+    assert len(spans) >= 10_000 and len({s.trace_id for s in spans}) == BIG_TRACES
+    assert sum(s.parent_id is not None for s in spans) == len(spans) - BIG_TRACES
+    write_through_adapter(url, project, spans, annotations)
+
+    # The importer, every record, pages of 1,000 spans.
+    imp = importer(url, project, page_size=1000)
+    started = time.monotonic()
+    got = list(imp.read({}))
+    print(f"imported {len(got)} records in {time.monotonic() - started:.1f}s")
+    assert not imp.skipped and not [r for r in got if isinstance(r, Skipped)]
+    assert kind_counts(got) == expected
+    got_spans = [r for r in got if isinstance(r, Span)]
+    assert [r.id for r in got[:len(spans)]] == [s.id for s in got_spans]  # spans first
+    assert [s.id for s in got_spans] == [s.id for s in spans]  # (start, id) order
+    assert {s.id: (s.trace_id, s.parent_id, s.start_ns, s.end_ns) for s in got_spans} == \
+        {s.id: (s.trace_id, s.parent_id, s.start_ns, s.end_ns) for s in spans}
+    assert span_totals(got_spans) == span_totals(spans)
+    assert {s.id: s for s in got_spans} == {s.id: s for s in spans}  # every field
+    rest = got[len(spans):]
+    assert [record_key(r) for r in rest] == sorted(record_key(r) for r in rest)
+    assert {r.id: r for r in rest} == {r.id: r for r in annotations}
+
+    # `vigil migrate --from phoenix --to local`: stopped twice by --limit, resumed from
+    # the checkpoint, then run again with nothing left.
+    dst, ck = tmp_path / "dst.db", tmp_path / "phoenix.ck"
+    first = migrate_cli(url, project, dst, ck, "--limit", "4000")
+    assert first["read"] == {"spans": 4000} and not first["resumed"]
+    mark = json.loads(ck.read_text())["kinds"]["spans"]
+    assert (mark["time_ns"], mark["id"]) == record_key(spans[3999])  # the last delivered
+    second = migrate_cli(url, project, dst, ck, "--limit", str(len(spans)))
+    assert second["resumed"] and second["read"]["spans"] == len(spans) - 4000
+    assert sum(second["read"].values()) == len(spans)  # 4,000 annotations came too
+    third = migrate_cli(url, project, dst, ck)
+    runs = (first, second, third)
+    read, written = Counter[str](), Counter[str]()
+    for run in runs:
+        read.update(run["read"])
+        written.update(run["destinations"][0]["written"])
+    assert read == written == expected  # nothing read or written twice, nothing lost
+    sent = span_totals(spans)
+    delivered = [run["destinations"][0]["totals"] for run in runs]
+    for key in sent:  # the three runs' token and cost totals add up to what was sent
+        assert sum(t[key] for t in delivered) == pytest.approx(sent[key], rel=1e-12), key
+
+    with LocalStore(dst) as store:
+        stored = {kind: list(store.read(kind)) for kind in KIND_OF.values()}
+    assert {k: len(v) for k, v in stored.items()} == dict(expected)
+    assert span_totals(stored["spans"]) == span_totals(spans)
+    assert {s.id: s for s in stored["spans"]} == {s.id: s for s in spans}
+    assert {r.id: r for k in ("scores", "session_events", "safety_verdicts")
+            for r in stored[k]} == {r.id: r for r in annotations}
+
+    fourth = migrate_cli(url, project, dst, ck)
+    assert fourth["resumed"] and fourth["read"] == {} and \
+        fourth["destinations"][0]["written"] == {}
+    with LocalStore(dst) as store:
+        assert {k: store.count(k) for k in KIND_OF.values()} == dict(expected)

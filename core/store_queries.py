@@ -295,22 +295,23 @@ def roll_up_spans(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-#: Rows per statement in :func:`upsert_rows`: a whole chunk, then powers of two for
-#: the rest, so at most eight statement shapes per table are ever compiled (and cached).
-_ROWS_PER_STATEMENT = 256
+#: Values one statement may bind: SQLite's limit (999 before 3.32).
+_MAX_VARIABLES = 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 
 
 def upsert_rows(conn: sqlite3.Connection, spec: TableSpec,
                 rows: list[tuple[Any, ...]]) -> None:
     """Upsert ``rows`` (values in :attr:`TableSpec.column_names` order) by id.
 
-    Many rows go in one statement, so the GIL is released once per chunk.
+    As many rows go in one statement as SQLite binds values (1,489 spans), so the
+    GIL is released once per chunk.
     ``executemany`` releases and retakes it for every row, and while another thread
     of the process runs Python each retake waits out a switch interval (5 ms): a busy
     application would hold the store to a few hundred rows a second.
     """
     i, n = 0, len(rows)
-    size = _ROWS_PER_STATEMENT
+    # A whole chunk, then halves for the rest: a dozen statement shapes per table at most.
+    size = _MAX_VARIABLES // len(spec.column_names)
     while i < n:
         while size > n - i:
             size //= 2

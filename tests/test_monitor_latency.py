@@ -430,3 +430,31 @@ def test_latency_monitor_alerts_on_a_shift_not_on_stationary_traffic() -> None:
     assert ("latency.change", "total", "up") in rules
     assert ("latency.change", "ttft", "up") in rules
     assert all(a.labels["endpoint"] == "chat" for a in alerts)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_sketch_add_shortcut_is_the_library_add(seed: int) -> None:
+    """Sketch.add takes a shortcut for unit weights in allocated bins; bins, counts and
+    quantiles stay exactly those of ddsketch's own add (collapsing, zero, negatives too)."""
+    import random
+
+    from ddsketch import LogCollapsingLowestDenseDDSketch
+    from llmvigil.core.monitors.latency import Sketch
+
+    rng = random.Random(seed)
+    accuracy, limit = rng.choice([0.01, 0.02, 0.05]), rng.choice([16, 64, 2048])
+    library, ours = LogCollapsingLowestDenseDDSketch(accuracy, limit), Sketch(accuracy, limit)
+    for _ in range(rng.randrange(1, 2000)):
+        value = rng.choice([rng.lognormvariate(0, 3), 0.0, -rng.random(), 1e-300,
+                            rng.random() * 1e6])
+        weight = rng.choice([1.0, 1.0, 1.0, 2.5])
+        library.add(value, weight)
+        ours.add(value, weight)
+    for store in ("_store", "_negative_store"):
+        a, b = getattr(library, store), getattr(ours, store)
+        assert (a.bins, a.offset, a.min_key, a.max_key, a.count) == \
+            (b.bins, b.offset, b.min_key, b.max_key, b.count)
+    assert (library.count, library.sum, library._min, library._max, library._zero_count) == \
+        (ours.count, ours.sum, ours._min, ours._max, ours._zero_count)
+    for q in (0.0, 0.5, 0.9, 0.99, 1.0):
+        assert ours.get_quantile_value(q) == library.get_quantile_value(q)

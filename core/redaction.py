@@ -110,6 +110,24 @@ _CACHED_CHARS = 1024
 _CACHE_ENTRIES = 4096
 
 
+_Replacement = str | Callable[[re.Match[str]], str]
+
+
+def _step(det: Detector) -> tuple[str | re.Pattern[str] | None, re.Pattern[str], _Replacement]:
+    """``(screen, pattern, replacement)``: the screen is the one hint (a substring
+    test) or all of them as one literal pattern, ``None`` without hints."""
+    hints = det.hints
+    screen: str | re.Pattern[str] | None = None
+    if len(hints) == 1:
+        screen = hints[0]
+    elif hints:
+        screen = re.compile("|".join(map(re.escape, hints)))
+    mask = det.mask()
+    replacement: _Replacement = mask if det.validate is None else _validated_mask(
+        det.validate, mask)
+    return screen, det.pattern, replacement
+
+
 def _validated_mask(validate: Callable[[str], bool],
                     mask: str) -> Callable[[re.Match[str]], str]:
     def replace(match: re.Match[str]) -> str:
@@ -128,7 +146,7 @@ class Redactor:
             ``api_key``...), compared case-insensitively.
     """
 
-    __slots__ = ("_cache", "_detectors", "_keys")
+    __slots__ = ("_cache", "_detectors", "_keys", "_steps")
 
     def __init__(self, categories: Iterable[str] = (),
                  patterns: Iterable[tuple[str, str, str]] = (),
@@ -136,6 +154,7 @@ class Redactor:
         dets = [CATEGORIES[c] for c in categories]
         dets += [Detector(name, re.compile(rx), None, repl) for name, rx, repl in patterns]
         self._detectors = tuple(dets)
+        self._steps = tuple(_step(d) for d in dets)
         self._keys = frozenset(k.lower() for k in keys)
         self._cache: dict[str, str] = {}
 
@@ -154,13 +173,14 @@ class Redactor:
         if done is not None:
             return done
         original = text
-        for det in self._detectors:
-            if det.hints and not any(hint in text for hint in det.hints):
-                continue
-            if det.validate is None:
-                text = det.pattern.sub(det.mask(), text)
-            else:
-                text = det.pattern.sub(_validated_mask(det.validate, det.mask()), text)
+        for screen, pattern, replacement in self._steps:
+            if screen is not None:
+                if type(screen) is str:
+                    if screen not in text:
+                        continue
+                elif screen.search(text) is None:
+                    continue
+            text = pattern.sub(replacement, text)
         if len(original) <= _CACHED_CHARS:
             if len(cache) >= _CACHE_ENTRIES:
                 cache.clear()

@@ -154,7 +154,11 @@ class _Walk:
                         continue
                 else:
                     name = self.repr(k)
-                out[name] = self.child(v, depth + 1)
+                if type(v) is str and v.isascii() and len(v) <= limits.max_chars:
+                    self.nodes += 1  # child()'s fast path, inlined for the common leaf
+                    out[name] = v if self.text is None else self.text(v)
+                else:
+                    out[name] = self.child(v, depth + 1)
             return out
         if kind is list or isinstance(value, (list, tuple, set, frozenset)):
             items = list(value)

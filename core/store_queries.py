@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import re
 import sqlite3
@@ -316,7 +317,7 @@ def upsert_rows(conn: sqlite3.Connection, spec: TableSpec,
         while size > n - i:
             size //= 2
         chunk = rows[i : i + size]
-        conn.execute(_upsert_statement(spec, size), [value for row in chunk for value in row])
+        conn.execute(_upsert_statement(spec, size), list(itertools.chain.from_iterable(chunk)))
         i += size
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +51,7 @@ from ..core.store_queries import (
 from ..plugins.hookspecs import hookimpl
 from ..plugins.types import AdapterInfo, Capabilities, ExportResult
 from ._store_base import RecordTables, StoreExportHooks
+from .local_writer import WriterError, WriterProcess
 
 __all__ = ["CAPABILITIES", "LocalBackend", "LocalStore"]
 
@@ -315,15 +317,22 @@ class LocalBackend(StoreExportHooks):
     """The ``local`` backend: exports every record kind to a :class:`LocalStore`.
 
     Settings: ``path``, the SQLite file (the runtime passes the config's
-    ``store.path``; default ``.vigil/vigil.db``), and optionally ``busy_timeout_s``.
+    ``store.path``; default ``.vigil/vigil.db``), optionally ``busy_timeout_s``, and
+    ``writer``: ``thread`` (default, the outbox thread writes) or ``process`` (a child
+    process writes, see :mod:`llmvigil.adapters.local_writer`, for more than about
+    15,000 spans a second).
 
     Raises:
-        ConfigError: the store file cannot be created or opened; names the path.
+        ConfigError: the store file cannot be created or opened (names the path), or
+            ``writer`` is not ``thread`` or ``process``, or its process cannot start.
     """
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         raw = settings.get("path") or DEFAULT_STORE_PATH
         busy_timeout_s = float(settings.get("busy_timeout_s", 30.0))
+        writer = str(settings.get("writer") or "thread")
+        if writer not in ("thread", "process"):
+            raise ConfigError(f"backends.local.writer: {writer!r}; expected thread or process")
         try:
             self.store = LocalStore(raw, busy_timeout_s=busy_timeout_s)
         except VigilError:
@@ -332,10 +341,26 @@ class LocalBackend(StoreExportHooks):
             raise ConfigError(
                 f"store.path {str(raw)!r}: cannot open the local store: {exc}"
             ) from exc
+        self.writer: WriterProcess | None = None
+        if writer == "process":
+            try:
+                self.writer = WriterProcess(self.store.path, busy_timeout_s=busy_timeout_s)
+            except OSError as exc:
+                raise ConfigError(f"backends.local.writer: process: cannot start the store "
+                                  f"writer ({sys.executable} -m llmvigil.adapters."
+                                  f"local_writer): {exc}") from exc
 
     def _export(self, kind: str, batch: Sequence[Record]) -> ExportResult:
         try:
-            self.store.write(batch)
+            if self.writer is not None:
+                self.writer.write(batch)
+            else:
+                self.store.write(batch)
+        except WriterError as exc:
+            _log.warning("local store %s: writing %d %s failed%s: %s", self.store.path,
+                         len(batch), kind, ", will retry" if exc.retry else " permanently",
+                         exc)
+            return ExportResult.RETRY if exc.retry else ExportResult.FAILURE
         except sqlite3.OperationalError as exc:
             _log.warning(
                 "local store %s: writing %d %s failed, will retry: %s",
@@ -357,6 +382,8 @@ class LocalBackend(StoreExportHooks):
 
     @hookimpl
     def llmvigil_shutdown(self, timeout_s: float) -> None:
+        if self.writer is not None:
+            self.writer.close(timeout_s)
         self.store.close()
 
 

@@ -175,7 +175,7 @@ class Redactor:
         original = text
         for screen, pattern, replacement in self._steps:
             if screen is not None:
-                if type(screen) is str:
+                if isinstance(screen, str):
                     if screen not in text:
                         continue
                 elif screen.search(text) is None:

@@ -239,6 +239,8 @@ class AlertsMonitor:
 
     # -- monitor protocol ---------------------------------------------------------------
 
+    observes = (Metric, Alert)
+
     def observe(self, record: Any) -> Iterable[Any]:
         """Evaluate the rules on a Metric (returning the alerts fired); route an Alert."""
         if isinstance(record, Metric):

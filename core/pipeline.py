@@ -49,6 +49,9 @@ class Monitor(Protocol):
     Both methods run on the worker thread, must not block, and return the derived
     records (metrics, alerts, scores) to publish; the pipeline feeds those to the
     other monitors too, but never back to the one that produced them.
+
+    A monitor may declare ``observes``, a tuple of the record classes it looks at;
+    the pipeline then offers it no others. Without it, it is offered every record.
     """
 
     def observe(self, record: Any) -> Iterable[Any]:
@@ -99,6 +102,11 @@ class Pipeline:
         )
         self.status_interval_s = status_interval_s
         self._extra_status = extra_status
+        self._observers: dict[type, list[Monitor]] = {
+            cls: [m for m in self.monitors
+                  if getattr(m, "observes", None) is None or cls in m.observes]  # type: ignore[attr-defined]
+            for cls in KIND_OF
+        }
         self._queue: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -200,7 +208,7 @@ class Pipeline:
 
     def _observe(self, record: Any, skip: Any = None) -> list[Any]:
         derived: list[Any] = []
-        for mon in self.monitors:
+        for mon in self._observers.get(type(record), self.monitors):
             if mon is skip:
                 continue
             try:

@@ -56,6 +56,8 @@ class _SelfMetrics:
         self.interval_ns = int(interval_s * 1e9)
         self.next_ns = time.time_ns() + self.interval_ns
 
+    observes: tuple[type, ...] = ()
+
     def observe(self, record: Any) -> Iterable[Any]:
         return ()
 

@@ -270,6 +270,9 @@ class CheckMonitor:
 
     # -- observe ---------------------------------------------------------------------------
 
+    #: The record classes the pipeline offers to :meth:`observe`.
+    observes = (Span,)
+
     def observe(self, record: Any) -> Iterable[Any]:
         """Run the feature's checks on a span's output; CUSUM alerts come back at once.
 

@@ -305,6 +305,9 @@ class CostMonitor:
 
     # -- Monitor protocol -----------------------------------------------------------------
 
+    #: The record classes the pipeline offers to :meth:`observe`.
+    observes = (Span,)
+
     def observe(self, record: Any) -> Iterable[Any]:
         """Price an LLM span, add its cost to the spend, return budget/limit alerts."""
         if type(record) is not Span or not self.settings.enabled:

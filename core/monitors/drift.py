@@ -272,6 +272,9 @@ class DriftMonitor:
 
     # -- observe (worker thread) ----------------------------------------------------
 
+    #: The record classes the pipeline offers to :meth:`observe`.
+    observes = (Span,)
+
     def observe(self, record: Any) -> Iterable[Any]:
         """Queue the output text of a watched span, if sampled; other records are ignored."""
         if not isinstance(record, Span) or self.embed is None:

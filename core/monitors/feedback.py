@@ -205,6 +205,9 @@ class FeedbackMonitor:
 
     # -- observe --------------------------------------------------------------------
 
+    #: The record classes the pipeline offers to :meth:`observe`.
+    observes = (Span, Score)
+
     def observe(self, record: Any) -> Iterable[Any]:
         """Count a feedback Score or a request Span; other records are ignored."""
         if isinstance(record, Score):

@@ -128,6 +128,9 @@ class FingerprintMonitor:
                 out.append(("fingerprint", str(value)))
         return out
 
+    #: The record classes the pipeline offers to :meth:`observe`.
+    observes = (Span,)
+
     def observe(self, record: Any) -> Iterable[Any]:
         """Record the ids of a selected span; an alert comes back when one is new."""
         if not isinstance(record, Span) or not self._select(record):

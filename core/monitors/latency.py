@@ -306,6 +306,9 @@ class LatencyMonitor:
 
     # -- Monitor protocol -----------------------------------------------------------------
 
+    #: The record classes the pipeline offers to :meth:`observe`.
+    observes = (Span,)
+
     def observe(self, record: Any) -> Iterable[Any]:
         """Add a span's timings to its key; return change alerts it triggers."""
         if type(record) is not Span or not self.settings.enabled:

@@ -114,6 +114,9 @@ class SessionsMonitor:
 
     # -- observe --------------------------------------------------------------------
 
+    #: The record classes the pipeline offers to :meth:`observe`.
+    observes = (Span, SessionEvent)
+
     def observe(self, record: Any) -> Iterable[Any]:
         """Update the session a SessionEvent or a Span with ``session_id`` belongs to."""
         if isinstance(record, SessionEvent):

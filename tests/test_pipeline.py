@@ -312,3 +312,30 @@ def test_queued_batches_of_one_kind_merge_up_to_the_limit(tmp_path: Path) -> Non
         ("spans", 10), ("spans", 20), ("scores", 1), ("spans", 20)]
     assert exports[1][1] == ids[0] + ids[1] and exports[3][1] == ids[2] + ids[3]
     box.close(1)
+
+
+def test_monitors_see_the_record_classes_they_declare() -> None:
+    from llmvigil.core.pipeline import Pipeline
+
+    class Seen:
+        def __init__(self, observes: tuple[type, ...] | None) -> None:
+            if observes is not None:
+                self.observes = observes
+            self.records: list[Any] = []
+
+        def observe(self, record: Any) -> tuple[()]:
+            self.records.append(record)
+            return ()
+
+        def tick(self, now_ns: int) -> tuple[()]:
+            return ()
+
+    scores_only, everything = Seen((Score,)), Seen(None)
+    pipe = Pipeline([], [], monitors=[scores_only, everything], flush_interval_s=0.01)
+    score = Score(name="s", kind="rating", value=1.0)
+    for record in (*_spans(3), score):
+        pipe.submit(record)
+    assert pipe.flush(5)
+    pipe.close(1)
+    assert scores_only.records == [score]
+    assert len(everything.records) == 4

@@ -57,6 +57,13 @@ def _log_comb_row(n: int) -> np.ndarray:
     return np.concatenate(([0.0], np.cumsum(steps)))
 
 
+def _log_comb_range(n: int, lo: int, hi: int) -> np.ndarray:
+    """``log C(n, k)`` for ``k = lo..hi`` (work in the range's length, not ``n``'s)."""
+    first = math.lgamma(n + 1) - math.lgamma(lo + 1) - math.lgamma(n - lo + 1)
+    k = np.arange(lo + 1, hi + 1, dtype=np.float64)
+    return np.concatenate(([first], first + np.cumsum(np.log(n - k + 1) - np.log(k))))
+
+
 def _two_sided(pmf: np.ndarray, observed: int) -> float:
     """Sum of the probabilities no larger than the observed one's."""
     ref = pmf[observed] * (1 + _REL_EQ)
@@ -82,12 +89,10 @@ def fisher_exact(table: Sequence[Sequence[int]], alternative: str = "two-sided")
     if row1 == 0 or row2 == 0 or col1 == 0 or col1 == total:
         return 1.0
     lo, hi = max(0, col1 - row2), min(col1, row1)
-    x = np.arange(lo, hi + 1)
-    log_row1 = _log_comb_row(row1)
-    log_row2 = _log_comb_row(row2)
-    log_total = float(_log_comb_row(total)[col1]) if total <= 1_000_000 else (
-        math.lgamma(total + 1) - math.lgamma(col1 + 1) - math.lgamma(total - col1 + 1))
-    pmf = np.exp(log_row1[x] + log_row2[col1 - x] - log_total)
+    log_total = math.lgamma(total + 1) - math.lgamma(col1 + 1) - math.lgamma(total - col1 + 1)
+    log_row1 = _log_comb_range(row1, lo, hi)  # log C(row1, x), x = lo..hi
+    log_row2 = _log_comb_range(row2, col1 - hi, col1 - lo)[::-1]  # log C(row2, col1 - x)
+    pmf = np.exp(log_row1 + log_row2 - log_total)
     i = a - lo
     if alternative == "greater":
         return float(min(1.0, pmf[i:].sum()))

@@ -617,3 +617,25 @@ def test_false_alarms_stay_below_alpha_with_a_nonzero_failure_rate() -> None:
 def test_date_regexes_leave_iso_and_version_strings_alone() -> None:
     assert [raw for *_x, raw, _d in find_dates("build 1.2.3 and 10.0.19045")] == []
     assert re.fullmatch(r"\d", "1")  # sanity: the module's re is the stdlib one
+
+
+def test_date_finders_skip_ahead_without_changing_a_match() -> None:
+    """The leading lookaheads of the date patterns only speed the scan up."""
+    import random
+    import re
+
+    from llmvigil.core.checks import date_checks as D
+
+    fmt = D.DateFormat("%d/%m/%Y")
+    pairs = [(D._GENERIC_DATE_RE, r"(?=[\dadfjmnos])"), (fmt._finder, r"(?=\d)")]
+    assert all(p.pattern.startswith(head) for p, head in pairs)
+    plain = [(p, re.compile(p.pattern[len(head):], p.flags)) for p, head in pairs]
+    rng = random.Random(0)
+    pieces = ["03/04/2025", "2025-04-03", "3 April 2025", "April 3rd, 2025", "Sept 3 2025",
+              " ", ", ", "x", "/", "-", ".", "12", "2024", "of", "JUNE", "jul", "31/02/2023",
+              "1.2.2020", "a1/2/2003", "é", "\n"]
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12)))
+        for fast, slow in plain:
+            assert [m.groupdict() for m in fast.finditer(text)] == \
+                [m.groupdict() for m in slow.finditer(text)], text

@@ -224,3 +224,17 @@ def test_fisher_window_test_false_alarm_rate_is_at_most_alpha() -> None:
         rejected += cache[key] <= alpha
     rate = rejected / 3000
     assert rate <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / 3000), rate
+
+
+@pytest.mark.parametrize("n", [1_000, 10_000, 100_000, 1_000_000])
+def test_one_sided_binom_test_on_large_windows_matches_scipy(n: int) -> None:
+    """The one-sided tails sum only the terms that count; p-values stay scipy's (to 1e-8:
+    log-binomials of a million carry ~1e-9 of rounding whatever the method)."""
+    stats = pytest.importorskip("scipy.stats")
+    for p in (0.001, 0.02, 0.3):
+        mean = n * p
+        for k in sorted({0, int(mean * 0.5), int(mean), int(mean * 1.1) + 1, int(mean * 2) + 3,
+                         min(n, int(mean * 5) + 10)}):
+            for alt in ("greater", "less"):
+                expected = stats.binomtest(k, n, p, alternative=alt).pvalue
+                assert binom_test(k, n, p, alt) == pytest.approx(expected, rel=1e-8, abs=1e-300)

@@ -115,12 +115,19 @@ def binom_test(k: int, n: int, p: float, alternative: str = "two-sided") -> floa
         if alternative == "less":
             return 1.0 if k >= expected else 0.0
         return 1.0 if k == expected else 0.0
+    if alternative != "two-sided":
+        # Only the tail's terms that count: past 40 standard deviations (plus 100) from
+        # the mean or from k, each is below e^-800 of the largest one summed.
+        spread = math.ceil(40.0 * math.sqrt(n * p * (1.0 - p))) + 100
+        if alternative == "greater":
+            lo, hi = k, min(n, max(k, math.ceil(n * p)) + spread)
+        else:
+            lo, hi = max(0, min(k, math.floor(n * p)) - spread), k
+        ks = np.arange(lo, hi + 1, dtype=np.float64)
+        log_pmf = _log_comb_range(n, lo, hi) + ks * math.log(p) + (n - ks) * math.log1p(-p)
+        return float(min(1.0, np.exp(log_pmf).sum()))
     ks = np.arange(n + 1, dtype=np.float64)
     pmf = np.exp(_log_comb_row(n) + ks * math.log(p) + (n - ks) * math.log1p(-p))
-    if alternative == "greater":
-        return float(min(1.0, pmf[k:].sum()))
-    if alternative == "less":
-        return float(min(1.0, pmf[: k + 1].sum()))
     if k == p * n:
         return 1.0
     return _two_sided(pmf, k)

@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import VigilConfig, load_config
+from .cli_common import config_or_fail, err, fail
+from .config import VigilConfig
 from .errors import VigilError
 
 __all__ = ["app", "main"]
@@ -27,24 +28,11 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect and validate config
 app.add_typer(config_app, name="config")
 
 out = Console()
-err = Console(stderr=True)
 
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="YAML config (default: $VIGIL_CONFIG, ./vigil.yaml)."),
 ]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _config(path: Path | None) -> VigilConfig:
-    try:
-        return load_config(path)
-    except VigilError as exc:
-        raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -54,7 +42,7 @@ def init(
 ) -> None:
     """Write a commented starter config (config.example.yaml) to PATH."""
     if path.exists() and not force:
-        raise _fail(f"{path} exists; pass --force to overwrite it")
+        raise fail(f"{path} exists; pass --force to overwrite it")
     example = Path(__file__).resolve().parent.parent / "config.example.yaml"
     shutil.copyfile(example, path)
     out.print(f"wrote {path}; edit its backends: list, then run [bold]vigil config check[/]")
@@ -68,11 +56,11 @@ def config_check(
     """Validate a config file (and environment overrides) without starting anything."""
     from ..plugins.manager import adapter_infos, new_plugin_manager
 
-    cfg = _config(file)
+    cfg = config_or_fail(file)
     known = adapter_infos(new_plugin_manager())
     unknown = [b.name for b in cfg.backends if b.name not in known]
     if unknown:
-        raise _fail(
+        raise fail(
             f"{cfg.source or 'config'}: backends: unknown backend(s) {', '.join(unknown)}; "
             f"known backends: {', '.join(sorted(known))}"
         )
@@ -126,7 +114,7 @@ def _capability_markdown(infos: dict[str, Any], kinds: tuple[str, ...]) -> str:
 def _check_backends(config: Path | None, infos: dict[str, Any]) -> None:
     from ..plugins.manager import backend_hooks
 
-    cfg = _config(config)
+    cfg = config_or_fail(config)
     failed = False
     for bc in cfg.backends:
         if bc.name not in infos:
@@ -166,7 +154,7 @@ def status(
     """Pipeline and per-backend counters: delivered, retried, journaled, dropped."""
     from .journal import Journal
 
-    cfg = _config(config)
+    cfg = config_or_fail(config)
     procs = _status_files(cfg)
     journal_root = Path(cfg.pipeline.journal_dir)
     journals = {}

@@ -32,6 +32,7 @@ from rich.table import Table
 from .canary.history import History, HistoryError
 from .canary.runner import CaseResult, RunReport, run_once
 from .canary.spec import CanarySuite, load_suite
+from .cli_common import err, fail
 from .config import VigilConfig
 from .errors import VigilError
 from .eval import EvalOptions, EvalReport, load_golden, run_eval
@@ -42,7 +43,6 @@ canary_app = typer.Typer(no_args_is_help=True, add_completion=False,
                          help="Run canary prompts and catch changes in their outputs.")
 
 out = Console()
-err = Console(stderr=True)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$", re.IGNORECASE)
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -76,11 +76,6 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNIT_S[match.group(2).lower()]
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
 def _store_path(cfg: VigilConfig, store: Path | None) -> Path:
     if store is not None:
         return store
@@ -98,12 +93,12 @@ def _session(config: Path | None, store: Path | None) -> Iterator[History]:
     try:
         runtime = llmvigil.init(config)
     except VigilError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
         try:
             history = History(_store_path(runtime.config, store))
         except HistoryError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         try:
             yield history
         finally:
@@ -217,11 +212,11 @@ def canary_run(
     try:
         interval = parse_duration(every) if every is not None else None
     except ValueError as exc:
-        raise _fail(f"--every: {exc}") from None
+        raise fail(f"--every: {exc}") from None
     try:
         suite = load_suite(file)
     except VigilError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     worst, runs, running = 0, 0, False
     with _session(config, store) as history:
         import llmvigil
@@ -346,14 +341,14 @@ def eval_command(
     try:
         params = dict(_param(p) for p in scorer_param or [])
     except ValueError as exc:
-        raise _fail(f"--scorer-param: {exc}") from None
+        raise fail(f"--scorer-param: {exc}") from None
     options = EvalOptions(target=target, model=model, base_url=base_url, scorer=scorer,
                           scorer_params=params, margin=margin, name=name,
                           concurrency=concurrency)
     try:
         golden = load_golden(file, options)
     except VigilError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
         with _session(config, store) as history:
             with _progress(len(golden.items), f"eval {golden.name}") as progress:

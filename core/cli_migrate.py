@@ -34,7 +34,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .config import BackendConfig, VigilConfig, load_config
+from .cli_common import config_or_fail, err, fail
+from .config import BackendConfig, VigilConfig
 from .errors import ConfigError, VigilError
 from .migrate.compare import Comparison, compare, summarize
 from .migrate.engine import (
@@ -53,7 +54,6 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Move history between backends: export, import, migrate, compare.")
 
 out = Console()
-err = Console(stderr=True)
 
 #: Problems printed as they happen; the rest are counted in the report.
 SHOWN_PROBLEMS = 20
@@ -87,22 +87,17 @@ class ImportFormat(str, Enum):
     otlp_json = "otlp-json"
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn the errors a person can fix into one message and exit code 2."""
     try:
         yield
     except VigilError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except FileNotFoundError as exc:
-        raise _fail(str(exc), code=1) from None
+        raise fail(str(exc), code=1) from None
     except (OSError, ValueError) as exc:
-        raise _fail(f"{type(exc).__name__}: {exc}") from None
+        raise fail(f"{type(exc).__name__}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -234,13 +229,6 @@ def _selection(since: str | None, until: str | None, project: str | None = None,
                               f"{', '.join(RECORD_KINDS)}")
     return Selection(since_ns=_time(since, "--since"), until_ns=_time(until, "--until"),
                      project=project, limit=limit, kinds=chosen)
-
-
-def _config(path: Path | None) -> VigilConfig:
-    try:
-        return load_config(path)
-    except VigilError as exc:
-        raise _fail(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------
@@ -422,7 +410,7 @@ def export(
     """Export history (the local store by default) to JSON lines or OTLP/JSON."""
     from .migrate.files import write_file
 
-    cfg = _config(config)
+    cfg = config_or_fail(config)
     with _errors():
         opts = parse_opts(from_opt, "--from-opt")
         if store is not None:
@@ -463,7 +451,7 @@ def import_(
     config: ConfigOpt = None,
 ) -> None:
     """Import an export file into the configured backends (or --to, or --store)."""
-    cfg = _config(config)
+    cfg = config_or_fail(config)
     with _errors():
         pm = _plugin_manager()
         importer = _importer(pm, cfg, "file", {"path": str(file), "format": fmt.value})
@@ -511,7 +499,7 @@ def migrate_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Stream history from one backend into another, resumable, with a fidelity report."""
-    cfg = _config(config)
+    cfg = config_or_fail(config)
     with _errors():
         pm = _plugin_manager()
         from_opts = parse_opts(from_opt, "--from-opt")
@@ -604,7 +592,7 @@ def compare_cmd(
     Exits 1 when a figure differs by more than the tolerance or a trace is on one
     side only.
     """
-    cfg = _config(config)
+    cfg = config_or_fail(config)
     with _errors():
         pm = _plugin_manager()
         result = _compare(pm, cfg, a, b, parse_opts(a_opt, "--a-opt"),

@@ -17,25 +17,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .config import VigilConfig, load_config
+from .cli_common import config_or_fail, fail
 from .errors import VigilError
 
 __all__ = ["report"]
 
 out = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _config(path: Path | None) -> VigilConfig:
-    try:
-        return load_config(path)
-    except VigilError as exc:
-        raise _fail(str(exc)) from None
 
 
 def _time(option: str, text: str | None) -> int | None:
@@ -46,7 +33,7 @@ def _time(option: str, text: str | None) -> int | None:
     try:
         return parse_since(text)
     except ValueError as exc:
-        raise _fail(f"{option}: {exc}") from None
+        raise fail(f"{option}: {exc}") from None
 
 
 def report(
@@ -69,10 +56,10 @@ def report(
     """Latency, cost, feedback, sessions, alerts and safety per feature, from the local store."""
     from .report import build_report
 
-    cfg = _config(config)
+    cfg = config_or_fail(config)
     since_ns, until_ns = _time("--since", since), _time("--until", until)
     if since_ns is not None and until_ns is not None and until_ns <= since_ns:
-        raise _fail(f"--until ({until}) must be after --since ({since})")
+        raise fail(f"--until ({until}) must be after --since ({since})")
     if store is not None:
         from .store_postgres import is_postgres_dsn
 
@@ -85,16 +72,16 @@ def report(
                             feedback=cfg.monitors.get("feedback"),
                             sessions=cfg.monitors.get("sessions"))
     except FileNotFoundError as exc:
-        raise _fail(str(exc), code=1) from None
+        raise fail(str(exc), code=1) from None
     except (VigilError, sqlite3.DatabaseError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if html is not None:
         from .report.html import render_html
 
         try:
             html.write_text(render_html(data), encoding="utf-8")
         except OSError as exc:
-            raise _fail(f"--html {html}: cannot write the page: {exc.strerror or exc}") from None
+            raise fail(f"--html {html}: cannot write the page: {exc.strerror or exc}") from None
         if not as_json:
             out.print(f"wrote {escape(str(html))}", highlight=False)
     if as_json:
@@ -111,12 +98,12 @@ def _postgres_report(dsn: str, since_ns: int | None, until_ns: int | None, as_js
     from . import store_postgres
 
     if until_ns is not None or html is not None:
-        raise _fail("--until and --html read the local store; with a postgresql:// store "
+        raise fail("--until and --html read the local store; with a postgresql:// store "
                     "use --since, --json or the table")
     try:
         data = store_postgres.report(dsn, since_ns=since_ns)
     except VigilError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_common import err, fail
 from .config import VigilConfig, load_config
 from .errors import VigilError
 from .redaction import Redactor
@@ -32,7 +33,6 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Review responses the safety layer flagged.")
 
 out = Console()
-err = Console(stderr=True)
 
 ConfigOpt = Annotated[
     Path | None,
@@ -60,11 +60,6 @@ class Status(str, Enum):
     all = "all"
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
-    return typer.Exit(code)
-
-
 def _setup(config: Path | None, store: Path | None) -> tuple[VigilConfig, Path, Redactor]:
     """The config, the queue's file and the redactor for displayed content."""
     from .monitors.safety import SafetySettings
@@ -75,19 +70,19 @@ def _setup(config: Path | None, store: Path | None) -> tuple[VigilConfig, Path, 
         where = f"{cfg.source or 'config'}: monitors.safety"
         settings = parse_settings(SafetySettings, cfg.monitors.get("safety"), where)
     except VigilError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     path = store or Path(settings.review.path or cfg.store.path)
     return cfg, path, Redactor(settings.review.redact)
 
 
 def _open(path: Path) -> ReviewQueue:
     if ReviewQueue.peek_open_counts(path) is None:
-        raise _fail(f"no review queue in {path}: nothing was flagged for review yet "
+        raise fail(f"no review queue in {path}: nothing was flagged for review yet "
                     "(or --store/store.path points elsewhere)", code=1)
     try:
         return ReviewQueue(path)
     except ReviewError as exc:
-        raise _fail(str(exc), code=1) from None
+        raise fail(str(exc), code=1) from None
 
 
 def _when(ns: int | None) -> str:
@@ -161,7 +156,7 @@ def show(
         try:
             item = queue.get(item_id)
         except UnknownItem as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     data = _as_dict(item, redactor)
     if as_json:
         out.print_json(json.dumps(data))
@@ -207,14 +202,14 @@ def resolve(
         try:
             item = queue.get(item_id)
         except UnknownItem as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         if item.status == "resolved" and not force:
-            raise _fail(f"review item {item_id} was already resolved as {item.decision!r}; "
+            raise fail(f"review item {item_id} was already resolved as {item.decision!r}; "
                         "pass --force to change the decision", code=1)
         try:
             rt = runtime.init(config)
         except VigilError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         try:
             score = review_score(item, decision.value, note, who)
             item = queue.resolve(item_id, decision.value, note, reviewer=who,
@@ -224,7 +219,7 @@ def resolve(
             delivered = rt.pipeline.flush(10.0)
             backends = ", ".join(box.name for box in rt.pipeline.outboxes) or "(none)"
         except ReviewError as exc:
-            raise _fail(str(exc), code=1) from None
+            raise fail(str(exc), code=1) from None
         finally:
             runtime.shutdown()
     out.print(f"item {item.id}: {decision.value} (reviewer {who or '-'}); "

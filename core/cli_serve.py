@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from .cli_common import err
 from .errors import VigilError
 
 __all__ = ["app", "serve"]
@@ -19,7 +19,6 @@ __all__ = ["app", "serve"]
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Receive OpenTelemetry traces and run llmvigil's monitors on them.")
 
-err = Console(stderr=True)
 
 
 @app.callback()

@@ -81,6 +81,7 @@ from ._common import (
     Problems,
     checked_str,
     iso_time_us_ns,
+    json_object,
     past_resume_point,
     setting,
     wanted_kinds,
@@ -146,16 +147,8 @@ def _count(value: Any, what: str) -> int:
 
 
 def _json_object(value: Any, what: str) -> dict[str, Any]:
-    if value in (None, ""):
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise BadRecord(f"{what} is malformed JSON") from None
-    if not isinstance(value, dict):
-        raise BadRecord(f"{what} is not a JSON object")
-    return value
+    # W&B tables hold an empty cell as "".
+    return json_object(None if value == "" else value, what)
 
 
 def _content(value: Any) -> Any:

@@ -67,8 +67,6 @@ class Materialize:
 
     def _safe(self, value: Any) -> Any:
         r = self.redactor
-        if type(value) is str and value.isascii() and len(value) <= self.limits.max_chars:
-            return value if r is None else r.text(value)  # what to_safe gives, sooner
         if r is None:
             return to_safe(value, self.limits)
         return to_safe(value, self.limits, text=r.text, masked_keys=r.masked_keys)

@@ -51,6 +51,8 @@ def to_safe(value: Any, limits: Limits = Limits(), *,
     :data:`MASKED_VALUE`.
     """
     try:
+        if type(value) is str and value.isascii() and len(value) <= limits.max_chars:
+            return value if text is None else text(value)  # the common case, no walk
         return _Walk(limits, text, masked_keys).convert(value, 0)
     except Exception as exc:  # the last line of defence: a value we cannot walk at all
         return f"<unserialisable {type(value).__name__}: {type(exc).__name__}>"

@@ -88,7 +88,6 @@ class WriterProcess:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid = os.getpid()
-        self.restarts = 0
         self._start()
 
     @property
@@ -120,7 +119,6 @@ class WriterProcess:
             if proc is None or self._pid != os.getpid() or proc.poll() is not None:
                 if proc is not None and self._pid == os.getpid():
                     self._reap(proc)
-                    self.restarts += 1
                 proc = self._start()
             assert proc.stdin is not None and proc.stdout is not None
             try:

@@ -32,6 +32,7 @@ import platform
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +90,7 @@ def spans(n: int, start_ns: int) -> Iterator[Span]:
 
 def thread_cpu() -> dict[str, float]:
     """CPU seconds used so far by each thread of this process, by thread name."""
-    names = {t.native_id: t.name for t in __import__("threading").enumerate()}
+    names = {t.native_id: t.name for t in threading.enumerate()}
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for tid in os.listdir("/proc/self/task"):

@@ -153,14 +153,17 @@ class Outbox:
             if not self._pending:
                 return None
             batch = self._pending.popleft()
-            pending, limit = self._pending, self.settings.merge_records
-            if pending and pending[0].kind == batch.kind \
-                    and len(batch.records) + len(pending[0].records) <= limit:
+            pending, kind, limit = self._pending, batch.kind, self.settings.merge_records
+
+            def next_fits(count: int) -> bool:
+                return bool(pending) and pending[0].kind == kind \
+                    and count + len(pending[0].records) <= limit
+
+            if next_fits(len(batch.records)):
                 records = list(batch.records)
-                while pending and pending[0].kind == batch.kind \
-                        and len(records) + len(pending[0].records) <= limit:
+                while next_fits(len(records)):
                     records += pending.popleft().records
-                batch = Batch(batch.kind, records)
+                batch = Batch(kind, records)
             self._pending_records -= len(batch.records)
             self._busy = True
             self._in_flight = batch

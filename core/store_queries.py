@@ -304,11 +304,11 @@ def upsert_rows(conn: sqlite3.Connection, spec: TableSpec,
                 rows: list[tuple[Any, ...]]) -> None:
     """Upsert ``rows`` (values in :attr:`TableSpec.column_names` order) by id.
 
-    As many rows go in one statement as SQLite binds values (1,489 spans), so the
-    GIL is released once per chunk.
-    ``executemany`` releases and retakes it for every row, and while another thread
-    of the process runs Python each retake waits out a switch interval (5 ms): a busy
-    application would hold the store to a few hundred rows a second.
+    As many rows go in one statement as SQLite binds values (1,489 spans), so the GIL
+    is released once per chunk. ``executemany`` releases and retakes it for every
+    row, and while another thread of the process runs Python each retake waits out a
+    switch interval (5 ms): a busy application would hold the store to a few hundred
+    rows a second.
     """
     i, n = 0, len(rows)
     # A whole chunk, then halves for the rest: a dozen statement shapes per table at most.

@@ -50,7 +50,7 @@ __all__ = [
 
 #: The newest Alembic revision in ``llmvigil/migrations/versions``; a store at this
 #: revision needs no migration, so the writer checks it without importing Alembic.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 #: Alembic's version table for the llmvigil schema, named so it never collides
 #: with an application's own ``alembic_version`` in the same schema.

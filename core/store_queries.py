@@ -37,6 +37,7 @@ from .errors import VigilError
 
 __all__ = [
     "DEFAULT_STORE_PATH",
+    "DROPPED_INDEXES",
     "NONE_FEATURE",
     "REPORT_INDEXES",
     "REPORT_STATEMENTS",
@@ -58,6 +59,7 @@ __all__ = [
     "report",
     "report_tables",
     "roll_up_spans",
+    "root_by_trace",
     "root_durations",
     "safety_rows",
     "session_sums",
@@ -70,10 +72,11 @@ __all__ = [
 ]
 
 #: ``PRAGMA user_version`` of the schema below; bump it with a migration step.
-#: Version 2 added the report structures (:data:`REPORT_STATEMENTS`): a writer
-#: opening a version 1 store runs every statement of :data:`SCHEMA_STATEMENTS`
-#: (all idempotent), which builds them and backfills the rollup once.
-SCHEMA_VERSION = 2
+#: A writer opening an older store runs every statement of :data:`SCHEMA_STATEMENTS`
+#: (all idempotent) once. Version 2 added the report structures
+#: (:data:`REPORT_STATEMENTS`) and backfilled the rollup; version 3 replaced the
+#: index of every span's trace id by :func:`root_by_trace` (:data:`DROPPED_INDEXES`).
+SCHEMA_VERSION = 3
 
 #: Where the local store lives when the config does not say (``store.path``).
 DEFAULT_STORE_PATH = ".vigil/vigil.db"
@@ -154,7 +157,7 @@ TABLES: dict[str, TableSpec] = {
                 ("ttft_s", "REAL"),
             ),
             time_column="start_ns",
-            indexes=(("start_ns",), ("feature", "start_ns"), ("trace_id",)),
+            indexes=(("start_ns",), ("feature", "start_ns")),
         ),
         TableSpec(
             name="scores",
@@ -382,7 +385,30 @@ REPORT_INDEXES: tuple[tuple[str, str, str, str], ...] = (
     ("rx_spans_session_turns", "spans", "session_id, start_ns, end_ns, feature",
      "session_id IS NOT NULL AND parent_id IS NULL"),
     ("rx_session_events_time", "session_events", "time_ns, session_id, event, feature", ""),
+    # Roots whose id is not the first half of their trace id (spans imported from
+    # another tool); :func:`root_by_trace` finds the others by primary key.
+    ("rx_spans_foreign_roots", "spans", "trace_id",
+     "parent_id IS NULL AND id <> substr(trace_id, 1, 16)"),
 )
+
+#: Indexes of earlier schema versions that a writer drops when it upgrades a store:
+#: ``ix_spans_trace_id`` (version 3) cost every span row a random-order B-tree insert
+#: for one lookup, a trace's root, that :func:`root_by_trace` answers without it.
+DROPPED_INDEXES: tuple[str, ...] = ("ix_spans_trace_id",)
+
+
+def root_by_trace(column: str, trace: str) -> str:
+    """SQL for the first of the trace ``trace``'s root spans with ``column`` set, as a
+    scalar subquery: one primary-key lookup for a root that llmvigil made (its id is
+    the first half of its trace id), else one probe of ``rx_spans_foreign_roots``."""
+    return (
+        f"COALESCE((SELECT r.{column} FROM spans r WHERE r.id = substr({trace}, 1, 16)"
+        f" AND r.trace_id = {trace} AND r.parent_id IS NULL),"
+        f" (SELECT r.{column} FROM spans r WHERE r.trace_id = {trace}"
+        f" AND r.parent_id IS NULL AND r.id <> substr(r.trace_id, 1, 16)"
+        f" AND r.{column} IS NOT NULL LIMIT 1))"
+    )
+
 
 #: The statements that add the report structures to a store; each is idempotent.
 REPORT_STATEMENTS: tuple[str, ...] = (
@@ -393,6 +419,7 @@ REPORT_STATEMENTS: tuple[str, ...] = (
     ),
     *_ROLLUP_TABLES,
     *ROLLUP_CATCH_UP,  # rolls up a store created before the rollup existed
+    *(f"DROP INDEX IF EXISTS {name}" for name in DROPPED_INDEXES),
 )
 
 #: Every DDL statement of the schema, in order; each is idempotent.
@@ -873,8 +900,7 @@ def feedback_rows(
     rows = conn.execute(
         "SELECT IFNULL(COALESCE(sc.feature,"
         " (SELECT s.feature FROM spans s WHERE s.id = sc.span_id),"
-        " (SELECT s.feature FROM spans s WHERE s.trace_id = sc.trace_id"
-        "  AND s.parent_id IS NULL AND s.feature IS NOT NULL LIMIT 1)), ''),"
+        f" {root_by_trace('feature', 'sc.trace_id')}), ''),"
         " sc.kind, sc.value, (sc.time_ns - ?) / ?,"
         f" CASE WHEN sc.kind NOT IN ({skip or 'NULL'}) THEN sc.data END FROM scores sc"
         f" WHERE sc.time_ns >= ? AND sc.time_ns < ? AND sc.kind IN ({marks})",

@@ -196,7 +196,7 @@ def test_the_released_migration_still_matches_the_tables() -> None:
     script = ScriptDirectory.from_config(pg_module._alembic_config())
     initial = script.get_revision("0001").module
     assert initial.fingerprint() == initial.SCHEMA_FINGERPRINT, (
-        "store_queries.TABLES changed: freeze revision 0001's DDL and add a new revision"
+        "revision 0001 changed after its release: add a new revision instead"
     )
 
 
@@ -204,7 +204,7 @@ def test_migrations_create_the_schema_and_rerunning_is_a_no_op(
     dsn: str, admin: Any, schema: str
 ) -> None:
     assert admin.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()[0] is None
-    assert migrate(dsn) == "0001"
+    assert migrate(dsn) == head_revision() == store_postgres.HEAD_REVISION
 
     def tables() -> dict[str, int]:
         rows = admin.execute(
@@ -216,12 +216,37 @@ def test_migrations_create_the_schema_and_rerunning_is_a_no_op(
     assert set(created) == {*TABLES, store_postgres.VERSION_TABLE}
     with PostgresStore(dsn) as s:
         s.write(all_records())
-    assert migrate(dsn) == "0001"
+    assert migrate(dsn) == head_revision()
     assert tables() == created  # nothing dropped or recreated
     assert admin.execute(
         f'SELECT version_num FROM "{schema}".{store_postgres.VERSION_TABLE}').fetchall() == [
-        ("0001",)]
+        (head_revision(),)]
     assert store_postgres.record_counts(dsn) == dict.fromkeys(TABLES, 2)
+
+
+def test_a_store_at_revision_0001_is_upgraded_without_losing_records(
+    dsn: str, admin: Any, schema: str
+) -> None:
+    # A store an earlier llmvigil created and filled: revision 0001 with its trace index.
+    with PostgresStore(dsn) as s:
+        s.write(all_records())
+    admin.execute(f'CREATE INDEX ix_spans_trace_id ON "{schema}".spans (trace_id)')
+    admin.execute(f'UPDATE "{schema}".{store_postgres.VERSION_TABLE} SET version_num = %s',
+                  ("0001",))
+
+    def indexes() -> set[str]:
+        rows = admin.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s "
+                             "AND tablename = 'spans'", (schema,))
+        return {r[0] for r in rows}
+
+    assert "ix_spans_trace_id" in indexes()
+    with PostgresStore(dsn) as s:  # the writer migrates on first use
+        s.write([Span(id="s3", trace_id="t3", name="later", kind="llm", start_ns=T0 + 11,
+                      end_ns=T0 + 12, status="ok")])
+        assert s.revision() == head_revision() == "0002"
+    assert "ix_spans_trace_id" not in indexes()
+    counts = store_postgres.record_counts(dsn)
+    assert counts == {**dict.fromkeys(TABLES, 2), "spans": 3}
 
 
 def test_the_schema_setting_and_an_unrelated_alembic_version_table(
@@ -233,7 +258,7 @@ def test_the_schema_setting_and_an_unrelated_alembic_version_table(
     admin.execute(f"INSERT INTO \"{schema}\".alembic_version VALUES ('app_rev_42')")
     with PostgresStore(BASE_DSN, schema=schema) as s:
         s.write(all_records())
-        assert s.revision() == "0001"
+        assert s.revision() == head_revision()
     assert admin.execute(f'SELECT * FROM "{schema}".alembic_version').fetchall() == [
         ("app_rev_42",)]
     assert store_postgres.record_counts(BASE_DSN, schema=schema)["spans"] == 2
@@ -262,7 +287,7 @@ def test_a_newer_schema_is_refused_and_records_are_kept(
 
     no_ddl = PostgresStore(dsn, auto_migrate=False)
     admin.execute(f"DELETE FROM \"{schema}\".{store_postgres.VERSION_TABLE}")
-    with pytest.raises(VigilError, match=r"revision none, this llmvigil needs 0001: run"):
+    with pytest.raises(VigilError, match=rf"revision none, this llmvigil needs {head_revision()}: run"):
         no_ddl.write(all_records())
     no_ddl.close()
 
@@ -485,7 +510,7 @@ def test_backend_settings_and_dsn_from_the_environment(
     assert backend.store.dsn == dsn
     assert backend.llmvigil_export_spans(sample_records()["spans"]) is ExportResult.SUCCESS
     description = backend.llmvigil_check(timeout_s=1.0)
-    assert "(revision 0001): 2 spans, 0 scores" in description
+    assert f"(revision {head_revision()}): 2 spans, 0 scores" in description
     backend.llmvigil_shutdown(1.0)
     (info,) = pg_module.llmvigil_adapters()
     assert info.name == "postgres" and info.factory is PostgresBackend

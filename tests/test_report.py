@@ -60,8 +60,12 @@ def make_traffic(seed: int = 3, requests: int = 800, hours: int = 30) -> list[Re
         start = T0 + int(rng.integers(0, hours * H))
         duration = int(rng.lognormal(20.5, 0.7))
         session = f"s{i // 12}" if feature == "chat" else None
-        trace = f"{i:032x}"
-        root = Span(id=f"r{i:015x}", trace_id=trace, name="handle", kind="chain",
+        trace = f"{i:016x}{seed:016x}"
+        # Half the roots have the id llmvigil gives a root (the first half of its trace
+        # id), half the id of a span imported from another tool: a trace's root is
+        # looked up differently for each.
+        root = Span(id=trace[:16] if i % 2 else f"r{i:015x}", trace_id=trace, name="handle",
+                    kind="chain",
                     start_ns=start, end_ns=start + duration,
                     status="error" if rng.random() < 0.1 else "ok", feature=feature,
                     user_id=f"u{i % 37:02d}", session_id=session)
@@ -656,8 +660,38 @@ def test_report_queries_use_the_report_indexes(stores: dict[str, Path]) -> None:
         sq.top_users(conn, w, 3)
         conn.set_trace_callback(None)
         assert "rx_spans_user_cost" in plan(trace[-1].replace("EXPLAIN QUERY PLAN ", ""), ())
+        # A score linked by trace finds the trace's root by primary key, or else through
+        # the small index of imported roots: never a scan of the spans.
+        feedback = plan("SELECT " + sq.root_by_trace("feature", "sc.trace_id")
+                        + " FROM scores sc", ())
+        assert "SEARCH r USING INDEX sqlite_autoindex_spans_1 (id=?)" in feedback
+        assert "SEARCH r USING INDEX rx_spans_foreign_roots (trace_id=?)" in feedback
     finally:
         conn.close()
+
+
+def test_a_version_2_store_loses_the_trace_index_and_reports_the_same(
+    tmp_path: Path, traffic: list[Record]
+) -> None:
+    path = tmp_path / "v2.db"
+    with LocalStore(path) as store:
+        store.write(traffic)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP INDEX rx_spans_foreign_roots")  # as an older llmvigil left it
+    conn.execute("CREATE INDEX ix_spans_trace_id ON spans (trace_id)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    before = build_report(path, now_ns=NOW)
+    LocalStore(path).close()  # a writer of this version upgrades the store
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == sq.SCHEMA_VERSION == 3
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert "rx_spans_foreign_roots" in names and not names & set(sq.DROPPED_INDEXES)
+    finally:
+        conn.close()
+    after = build_report(path, now_ns=NOW)
+    assert after["features"] == before["features"] and after["totals"] == before["totals"]
 
 
 # ---------------------------------------------------------------------------

@@ -287,7 +287,8 @@ def test_a_newer_schema_is_refused_and_records_are_kept(
 
     no_ddl = PostgresStore(dsn, auto_migrate=False)
     admin.execute(f"DELETE FROM \"{schema}\".{store_postgres.VERSION_TABLE}")
-    with pytest.raises(VigilError, match=rf"revision none, this llmvigil needs {head_revision()}: run"):
+    needs = rf"revision none, this llmvigil needs {head_revision()}: run"
+    with pytest.raises(VigilError, match=needs):
         no_ddl.write(all_records())
     no_ddl.close()
 

@@ -51,17 +51,16 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import random
 import re
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from _bench import machine
 from llmvigil.core.checks import Subject, build_check
 from llmvigil.core.checks import stats as vstats
 from llmvigil.core.checks.builtins import DEFAULT_REFUSALS
@@ -566,10 +565,8 @@ def main() -> None:
     import jsonschema  # noqa: F401  (json_schema checks need it: fail early, not mid-run)
     import scipy
 
-    load = os.getloadavg()
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python "
-          f"{sys.version.split()[0]}, numpy {np.__version__}, scipy {scipy.__version__}; "
-          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; threads "
+    print(machine())
+    print(f"numpy {np.__version__}, scipy {scipy.__version__}; threads "
           f"{threading.active_count()}")
     sections = {"builtins": builtin_checks, "monitor": monitor_cost, "stats": window_stats}
     for section in args.sections.split(","):

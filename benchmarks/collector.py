@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import socket
@@ -41,6 +40,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from _bench import machine
 
 _LAUNCH = r"""
 import sys
@@ -275,8 +276,8 @@ def main() -> None:
     else:
         print("PostgreSQL skipped: set VIGIL_PG_DSN to measure it")
 
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, "
-          f"{args.spans} spans in batches of {args.batch}")
+    print(machine())
+    print(f"{args.spans} spans in batches of {args.batch}")
     with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
         root = Path(tmp)
         payload_dir = root / "payloads"

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +34,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from _bench import machine
 
 LAYERS = ("cost", "canary", "date_valid", "grounding", "drift", "feedback", "fingerprint",
           "latency", "safety")
@@ -139,8 +139,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     args = parser.parse_args()
     seeds = range(args.first_seed, args.first_seed + args.runs)
-    print(f"# {platform.node()} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}); "
-          f"{args.runs} runs, {args.jobs} at a time", file=sys.stderr)
+    print(f"# {machine()}; {args.runs} runs, {args.jobs} at a time", file=sys.stderr)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vigil-detection-") as tmp, \
             ThreadPoolExecutor(args.jobs) as pool:

@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import re
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +41,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from _bench import machine
 from llmvigil.core.drift import mmd_test
 from llmvigil.core.model import Span, new_trace_id
 from llmvigil.core.monitors.drift import DriftMonitor
@@ -272,10 +271,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.pairs, args.repeats = min(args.pairs, 30), min(args.repeats, 3)
-    load = os.getloadavg()
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python "
-          f"{sys.version.split()[0]}, numpy {np.__version__}; load average "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; threads {threading.active_count()}; "
+    print(machine())
+    print(f"numpy {np.__version__}; threads {threading.active_count()}; "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
     for section in args.sections.split(","):
         {"speed": speed, "worker": worker_cost, "rates": error_rates}[section.strip()](args)

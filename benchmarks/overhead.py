@@ -24,13 +24,14 @@ import argparse
 import asyncio
 import gc
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
+
+from _bench import machine
 
 UNREACHABLE = "http://127.0.0.1:9"
 
@@ -224,8 +225,7 @@ def main() -> None:
     parser.add_argument("--million", type=int, default=1_000_000,
                         help="calls for the backend-down memory check (0 to skip)")
     args = parser.parse_args()
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")
+    print(machine())
     rows = compare(args.calls)
     vigil = next(r for r in rows if r["name"] == "llmvigil.trace")
     print(f"\nper-call overhead in microseconds over the uninstrumented call "

@@ -61,7 +61,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import random
 import resource
 import shutil
@@ -77,18 +76,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from _bench import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "fault")]
 
 MESSAGES = [{"role": "system", "content": "Answer briefly."},
             {"role": "user", "content": "What is the ISO form of the date 03/04/2025?"}]
 OUTPUT = "2025-04-03 (3 April 2025, read as DD/MM/YYYY)."
-
-
-def machine() -> str:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"machine: {platform.platform()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, load average {load}")
 
 
 def wait_for(count: Callable[[], int], n: int, timeout_s: float) -> bool:

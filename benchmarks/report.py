@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import sqlite3
 import statistics
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _bench import machine
 from llmvigil.adapters.local import LocalStore
 from llmvigil.core import store_queries
 from llmvigil.core.model import (
@@ -247,8 +247,7 @@ def main() -> None:
     counts = store_queries.record_counts(path)
     size_mb = path.stat().st_size / 1e6
     print(f"store {path}: {counts['spans']:,} spans, {size_mb:,.0f} MB")
-    print(f"python {platform.python_version()}, sqlite {sqlite3.sqlite_version}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(f"{machine()}, sqlite {sqlite3.sqlite_version}")
 
     best, median, cpu, data = timed(lambda: build_report(path), args.repeats)
     print(f"build_report (in process): {best:.3f} s min, {median:.3f} s median, "

@@ -28,7 +28,6 @@ import argparse
 import gc
 import logging
 import os
-import platform
 import sqlite3
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import llmvigil
+from _bench import machine
 from llmvigil.core.config import load_config
 from llmvigil.core.model import Span, StreamStats, Usage, new_trace_id
 from llmvigil.core.runtime import get_runtime
@@ -55,12 +55,6 @@ ALERTS = {"rules": [
     {"name": "unhappy-users", "metric": "feedback.satisfaction_rate", "op": "<",
      "threshold": 0.7, "labels": {"feature": "*"}, "min_samples": 30},
 ]}
-
-
-def machine() -> str:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"machine: {platform.platform()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, load average {load}")
 
 
 def spans(n: int, start_ns: int) -> Iterator[Span]:

@@ -33,7 +33,7 @@ class Materialize:
     leave it are both bounded and redacted.
     """
 
-    __slots__ = ("inputs", "limits", "outputs", "redactor")
+    __slots__ = ("_masked", "_text", "inputs", "limits", "outputs", "redactor")
 
     def __init__(self, limits: Limits, *, inputs: bool = True, outputs: bool = True,
                  redactor: Redactor | None = None) -> None:
@@ -41,12 +41,16 @@ class Materialize:
         self.inputs = inputs
         self.outputs = outputs
         self.redactor = redactor if redactor else None
+        self._text = self.redactor.text_function if self.redactor is not None else None
+        self._masked = self.redactor.masked_keys if self.redactor is not None else frozenset()
 
     def __call__(self, record: Any) -> Any:
         safe = self._safe
         if isinstance(record, Span):
-            record.input = self._value(record.input) if self.inputs else None
-            record.output = self._value(record.output) if self.outputs else None
+            value = record.input
+            record.input = self._value(value) if value is not None and self.inputs else None
+            value = record.output
+            record.output = self._value(value) if value is not None and self.outputs else None
             if record.metadata:
                 record.metadata = safe(record.metadata)
             if record.attributes:
@@ -66,23 +70,20 @@ class Materialize:
         return record
 
     def _safe(self, value: Any) -> Any:
-        r = self.redactor
-        if r is None:
-            return to_safe(value, self.limits)
-        return to_safe(value, self.limits, text=r.text, masked_keys=r.masked_keys)
+        return to_safe(value, self.limits, text=self._text, masked_keys=self._masked)
 
     def _value(self, value: Any) -> Any:
-        if value is None:
-            return None
-        if isinstance(value, CallArgs):
-            value = value.bound()
-        elif isinstance(value, StreamedOutput):
-            items = value.items
-            if items and all(isinstance(i, str) for i in items):
-                value = "".join(items)
-            else:
-                value = list(items)
-        return self._safe(value)
+        kind = type(value)
+        if kind is not str and kind is not list:
+            if isinstance(value, CallArgs):
+                value = value.bound()
+            elif isinstance(value, StreamedOutput):
+                items = value.items
+                if items and all(isinstance(i, str) for i in items):
+                    value = "".join(items)
+                else:
+                    value = list(items)
+        return to_safe(value, self.limits, text=self._text, masked_keys=self._masked)
 
 
 class Redact:

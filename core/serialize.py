@@ -51,14 +51,55 @@ def to_safe(value: Any, limits: Limits = Limits(), *,
     :data:`MASKED_VALUE`.
     """
     try:
-        if type(value) is str and value.isascii() and len(value) <= limits.max_chars:
+        kind = type(value)
+        if kind is str and value.isascii() and len(value) <= limits.max_chars:
             return value if text is None else text(value)  # the common case, no walk
+        if kind is list:
+            rows = _rows(value, limits, text, masked_keys)
+            if rows is not None:
+                return rows
         return _Walk(limits, text, masked_keys).convert(value, 0)
     except Exception as exc:  # the last line of defence: a value we cannot walk at all
         return f"<unserialisable {type(value).__name__}: {type(exc).__name__}>"
 
 
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+
+
+def _rows(value: list[Any], limits: Limits, text: Callable[[str], str] | None,
+          masked: Collection[str]) -> list[dict[str, Any]] | None:
+    """What :class:`_Walk` makes of a list of dicts of short ASCII strings (chat
+    messages), or ``None`` when ``value`` is not one and needs the walk.
+
+    Within the limits none of the walk's placeholders can appear, and a list whose
+    items are all dicts of strings holds no cycle, so each string is kept as is (or
+    rewritten by ``text``) and each masked key's value masked, unread.
+    """
+    max_chars = limits.max_chars
+    max_items = limits.max_items
+    if limits.max_depth < 2 or len(value) > max_items:
+        return None
+    nodes = 1 + len(value)  # at least what the walk would count
+    out: list[dict[str, Any]] = []
+    try:
+        for item in value:
+            if type(item) is not dict or len(item) > max_items:
+                return None
+            nodes += len(item)
+            row: dict[str, Any] = {}
+            for k, v in item.items():
+                if type(k) is not str or not k.isascii() or len(k) > max_chars:
+                    return None
+                if masked and k.lower() in masked:
+                    row[k] = MASKED_VALUE
+                elif type(v) is str and v.isascii() and len(v) <= max_chars:
+                    row[k] = v if text is None else text(v)
+                else:
+                    return None
+            out.append(row)
+    except Exception:  # a failing ``text``: the walk puts the placeholder in its place
+        return None
+    return out if nodes <= limits.max_nodes else None
 
 
 def _text(value: str, max_chars: int) -> str:

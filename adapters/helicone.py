@@ -41,10 +41,12 @@ returns nothing), so a stalled endpoint would hang the outbox thread and a faile
 delivery would look like a success. This module builds the same body (the tests
 check it against what ``HeliconeManualLogger`` sends) and posts it with httpx under
 ``timeout_s``, returning the true outcome: ``RETRY`` on connection errors, timeouts,
-408, 429 and 5xx (llmvigil retries, then journals and re-sends later), ``FAILURE`` on
-other 4xx. A batch stops at its first transient failure and is given at most
-``timeout_s`` in all; the ids of recently delivered records are remembered, so a
-re-sent batch does not post them twice and always makes progress.
+408, 429 and 5xx (llmvigil retries, then journals and re-sends later), and on 401/403
+(a refused key is fixable: the records wait in the journal until it is accepted, with
+one warning per outage naming the setting), ``FAILURE`` on other 4xx. A batch stops at
+its first transient failure and is given at most ``timeout_s`` in all; the ids of
+recently delivered records are remembered, so a re-sent batch does not post them twice
+and always makes progress.
 """
 
 from __future__ import annotations
@@ -235,6 +237,12 @@ class HeliconeBackend:
             return ExportResult.RETRY
         if r.status_code in (408, 429) or r.status_code >= 500:
             self._warn(f"{what}: HTTP {r.status_code}")
+            return ExportResult.RETRY
+        if r.status_code in (401, 403):
+            # The same message for every endpoint and batch: one warning per outage.
+            self._warn(f"Helicone refused the API key (HTTP {r.status_code}); records are "
+                       "kept (retried, then journaled) and sent once it is accepted: "
+                       "check api_key / HELICONE_API_KEY")
             return ExportResult.RETRY
         error = _result_error(r)
         if r.status_code >= 300 or error is not None:

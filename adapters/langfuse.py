@@ -16,7 +16,9 @@ an ``OTLPSpanExporter``'s ``export()`` synchronously. That exporter retries 429/
 503/504 by itself within its ``timeout``, which is set to the backend's ``timeout_s``
 so one export never outlives it. ``export()`` only says success/failure, so a response
 hook on its ``requests`` session records the HTTP status to tell a permanent 4xx
-(``FAILURE``) from a transient one (``RETRY``).
+(``FAILURE``) from a transient one (``RETRY``). 401 and 403 (keys refused) are
+``RETRY`` too: records sent while the keys are being fixed are journaled and delivered
+once they are accepted, with one warning per outage naming the settings to fix.
 
 Scores go through the SDK's synchronous REST client (``langfuse.api.LangfuseAPI``,
 ``POST /api/public/scores``, a JSON list) with ``max_retries=0`` and the backend
@@ -88,6 +90,7 @@ _OBSERVATION_TYPES = {
 }
 _GENERATION_LIKE = frozenset(("generation", "embedding"))
 _RETRYABLE_4XX = frozenset((408, 425, 429))
+_AUTH_STATUSES = frozenset((401, 403))
 _HEX = re.compile(r"[0-9a-f]+")
 _ENV_INVALID = re.compile(r"[^a-z0-9_-]+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -291,6 +294,7 @@ class LangfuseBackend:
             raise MissingExtraError("langfuse", "langfuse", exc.name or "langfuse") from exc
         self._lock = threading.Lock()
         self._last_status: int | None = None
+        self._auth_warned = False  # the current refused-keys outage was logged
         # What exported spans taught: a span's trace (feedback given by span id) and the
         # environment of a trace or session (scores carry none of their own).
         self._span_traces = _Lru(_CACHE_SIZE)
@@ -385,8 +389,9 @@ class LangfuseBackend:
             result = self._exporter.export(otel_spans)
             status = self._last_status
         if result is SpanExportResult.SUCCESS:
+            self._auth_warned = False
             return ExportResult.SUCCESS
-        return _result_for_status(status, f"{len(spans)} spans")
+        return self._result_for_status(status, f"{len(spans)} spans")
 
     def _remember(self, span: Span) -> None:
         self._span_traces.put(span.id, span.trace_id)
@@ -489,7 +494,7 @@ class LangfuseBackend:
             response = self._api.scores.create(request=batch,
                                                request_options={"max_retries": 0})
         except ApiError as exc:
-            return _result_for_status(exc.status_code, f"{len(batch)} {what}")
+            return self._result_for_status(exc.status_code, f"{len(batch)} {what}")
         except (httpx.HTTPError, OSError) as exc:  # connection refused, timeouts
             _log.debug("llmvigil langfuse: %s not delivered: %r", what, exc)
             return ExportResult.RETRY
@@ -497,8 +502,28 @@ class LangfuseBackend:
             _log.warning("llmvigil langfuse: Langfuse rejected %d of %d %s: %s",
                          response.rejected, len(batch), what,
                          "; ".join(e.message for e in response.errors))
+            self._auth_warned = False
             return ExportResult.FAILURE if not response.accepted else ExportResult.SUCCESS
+        self._auth_warned = False
         return ExportResult.SUCCESS
+
+    def _result_for_status(self, status: int | None, what: str) -> ExportResult:
+        """FAILURE for a permanent 4xx, RETRY for everything else that failed (401/403
+        included: refused keys are fixable, records wait in the journal meanwhile)."""
+        if status in _AUTH_STATUSES:
+            if not self._auth_warned:
+                _log.warning(
+                    "llmvigil langfuse: Langfuse at %s refused the keys (HTTP %d); records "
+                    "are kept (retried, then journaled) and sent once they are accepted: "
+                    "check public_key/secret_key (LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY)",
+                    self.host, status)
+            self._auth_warned = True
+            return ExportResult.RETRY
+        if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
+            _log.warning("llmvigil langfuse: %s refused with HTTP %d (not retried)",
+                         what, status)
+            return ExportResult.FAILURE
+        return ExportResult.RETRY
 
     @hookimpl
     def llmvigil_export_scores(self, scores: Sequence[Score]) -> ExportResult:
@@ -545,14 +570,6 @@ class LangfuseBackend:
     def llmvigil_shutdown(self, timeout_s: float) -> None:
         self._exporter.shutdown()
         self._http.close()
-
-
-def _result_for_status(status: int | None, what: str) -> ExportResult:
-    """FAILURE for a permanent 4xx, RETRY for everything else that failed."""
-    if status is not None and 400 <= status < 500 and status not in _RETRYABLE_4XX:
-        _log.warning("llmvigil langfuse: %s refused with HTTP %d (not retried)", what, status)
-        return ExportResult.FAILURE
-    return ExportResult.RETRY
 
 
 @hookimpl

@@ -9,8 +9,10 @@ and reports success at once, so the client is built with ``auto_batch_tracing=Fa
 and a ready-made ``info`` (no blocking ``GET /info`` round trip at start-up). Even
 then ``multipart_ingest`` logs and swallows HTTP errors instead of raising them: they
 reach its ``tracing_error_callback``, which this adapter collects per call and maps to
-the export result (connection errors, timeouts, 408, 429 and 5xx: RETRY; other 4xx:
-FAILURE; 409, already there: SUCCESS). The client gets no transport-level retries
+the export result (connection errors, timeouts, 408, 429 and 5xx: RETRY; 401 and 403,
+a key that was refused: RETRY too, so records sent while the key is being fixed are
+journaled and delivered once it is accepted, with one warning naming the setting; other
+4xx: FAILURE; 409, already there: SUCCESS). The client gets no transport-level retries
 (the outbox retries, with backoff and a journal) and a requests session that clamps
 every request to the time left before the export's deadline (``timeout_s``), because
 the SDK's own send timeout for runs is fixed at 10 s.
@@ -108,6 +110,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _HEX = frozenset("0123456789abcdef")
 _SEGMENT_STAMP = "%Y%m%dT%H%M%S%fZ"
 _RETRY_STATUSES = frozenset((408, 425, 429))
+#: A refused key is fixable: retried (then journaled) like an outage, never dropped.
+_AUTH_STATUSES = frozenset((401, 403))
 
 
 # -- ids and times ------------------------------------------------------------------
@@ -471,7 +475,7 @@ class LangSmithBackend:
                 return ExportResult.SUCCESS
             if status == 404:
                 return not_found
-            if status in _RETRY_STATUSES or status >= 500:
+            if status in _RETRY_STATUSES or status in _AUTH_STATUSES or status >= 500:
                 return ExportResult.RETRY
             return ExportResult.FAILURE
         if isinstance(exc, (u.LangSmithUserError, ValueError, TypeError)):
@@ -503,7 +507,21 @@ class LangSmithBackend:
         results = [self._classify(e, not_found=not_found) for e in errors]
         for result in (ExportResult.RETRY, ExportResult.FAILURE):
             if result in results:
-                problem = f"{what}: {self._describe(errors[results.index(result)])}"
+                error = errors[results.index(result)]
+                status = http_status_of(error)
+                if status in _AUTH_STATUSES:
+                    # Whatever the batch: one warning while the key stays refused.
+                    problem = f"API key refused (HTTP {status})"
+                    if problem != self._last_problem:
+                        _log.warning(
+                            "llmvigil langsmith backend: %s refused the API key (HTTP %d); "
+                            "records are kept (retried, then journaled) and sent once it "
+                            "is accepted: check api_key / LANGSMITH_API_KEY (and "
+                            "workspace_id / LANGSMITH_WORKSPACE_ID for org-scoped keys)",
+                            self.endpoint, status)
+                    self._last_problem = problem
+                    return result
+                problem = f"{what}: {self._describe(error)}"
                 if problem != self._last_problem:
                     _log.warning("llmvigil langsmith backend: %s failed (%s): %s",
                                  what, result.value, problem)

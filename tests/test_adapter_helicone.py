@@ -7,6 +7,7 @@ The wire format is also checked against the vendor's own Python manual logger
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from llmvigil.core import runtime
 from llmvigil.core.errors import ConfigError, MissingExtraError
 from llmvigil.core.model import Span, Usage
 from llmvigil.plugins.manager import new_plugin_manager
+from llmvigil.plugins.types import ExportResult
 from vigil_testing import start
 
 PLUGIN = "llmvigil.adapters.helicone"
@@ -253,6 +255,61 @@ def test_permanent_rejection_is_dropped_not_retried(
     assert (counts["dropped"], counts["journaled"], counts["retried"]) == (1, 0, 0)
     assert backend().rejected == {"custom log": 1}
     assert server.requests == 1
+
+
+@pytest.mark.parametrize("status", ["401", "403"])
+def test_a_refused_key_is_retried_not_rejected(server: HeliconeServer, status: str) -> None:
+    b = HeliconeBackend({"api_key": API_KEY, "base_url": server.url, "api_url": server.url,
+                         "timeout_s": 1})
+    server.mode = status
+    span = Span(trace_id="a" * 32, name="x", kind="llm", start_ns=T0, end_ns=T0 + 1)
+    assert b.llmvigil_export_spans([span]) is ExportResult.RETRY
+    assert b.rejected == {} and b.last_error is not None and "HTTP " + status in b.last_error
+    server.mode = "ok"
+    assert b.llmvigil_export_spans([span]) is ExportResult.SUCCESS
+    assert b.last_error is None
+    b.llmvigil_shutdown(timeout_s=1)
+
+
+def test_a_refused_key_loses_nothing_once_it_is_accepted(
+    tmp_path: Path, server: HeliconeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """401 while the key is refused (rotated, revoked, not yet active): spans and
+    feedback are journaled, one warning names the setting, and everything arrives with
+    the same request ids once the key is accepted."""
+    server.api_key = "sk-helicone-rotated-elsewhere"  # ours is refused: 401
+    memory = start_helicone(tmp_path, server.url, timeout_s=0.3, pipeline={
+        "max_retries": 1, "breaker_failures": 1, "breaker_reset_s": 0.3})
+
+    @llmvigil.trace(kind="llm", feature="rotation")
+    def call(i: int) -> str:
+        return f"answer {i}"
+
+    with caplog.at_level(logging.WARNING, logger="llmvigil"):
+        for i in range(20):
+            assert call(i) == f"answer {i}"
+            time.sleep(0.01)
+        assert llmvigil.flush(10)
+        assert len(memory.spans) == 20  # the other backend keeps receiving
+        llmvigil.feedback(memory.spans[0].id, "thumbs_up")
+        assert llmvigil.flush(10)
+        wait_for(lambda: outbox()["journaled"] == 21)
+        assert outbox()["dropped"] == 0 and outbox()["delivered"] == 0
+        assert not server.delivered_ids() and not server.feedback
+        assert backend().rejected == {}
+
+        server.api_key = API_KEY
+        expected = {request_id(s.id) for s in memory.spans}
+        wait_for(lambda: server.delivered_ids() == expected and len(server.feedback) == 1,
+                 timeout=20)
+    assert server.feedback == {request_id(memory.spans[0].id): [True]}
+    assert server.errors == []
+    wait_for(lambda: outbox()["replayed"] == 21)
+    assert outbox()["dropped"] == 0
+    warnings = [r.getMessage() for r in caplog.records
+                if "refused the API key" in r.getMessage()]
+    assert len(warnings) == 1 and "HELICONE_API_KEY" in warnings[0], warnings
+    assert API_KEY not in caplog.text
 
 
 def test_span_kinds_setting_sends_tools_as_tool_logs(

@@ -21,7 +21,7 @@ from typing import Any
 import llmvigil
 import pluggy
 import pytest
-from langfuse_server import LangfuseServer
+from langfuse_server import OTEL_PATH, SCORES_PATH, LangfuseServer
 from llmvigil.adapters.langfuse import LangfuseBackend
 from llmvigil.core import capture
 from llmvigil.core.model import SafetyVerdict, Score, Span
@@ -296,6 +296,66 @@ def test_permanent_rejection_is_failure_not_retry(server: LangfuseServer) -> Non
     assert lf.llmvigil_export_scores([Score(name="n", value=1.0, trace_id="a" * 32)]) \
         is ExportResult.RETRY
     lf.llmvigil_shutdown(1)
+
+
+def test_refused_keys_are_retried_and_warned_once_per_outage(
+        server: LangfuseServer, caplog: pytest.LogCaptureFixture) -> None:
+    lf = LangfuseBackend(settings(server, timeout_s=1))
+    span = Span(trace_id="a" * 32, name="x", start_ns=T_HIST, end_ns=T_HIST + 1)
+    score = Score(name="n", value=1.0, trace_id="a" * 32)
+    with caplog.at_level(logging.WARNING, logger="llmvigil"):
+        server.fail_next(OTEL_PATH, 403)
+        assert lf.llmvigil_export_spans([span]) is ExportResult.RETRY
+        server.fail_next(SCORES_PATH, 401)
+        assert lf.llmvigil_export_scores([score]) is ExportResult.RETRY
+        assert lf.llmvigil_export_spans([span]) is ExportResult.SUCCESS  # outage over
+        server.fail_next(OTEL_PATH, 401)
+        assert lf.llmvigil_export_spans([span]) is ExportResult.RETRY
+    warnings = [r.getMessage() for r in caplog.records if "refused the keys" in r.getMessage()]
+    assert len(warnings) == 2, warnings  # one per outage, not one per batch
+    assert all("LANGFUSE_SECRET_KEY" in w for w in warnings)
+    assert server.secret_key not in caplog.text
+    lf.llmvigil_shutdown(1)
+
+
+def test_refused_keys_lose_nothing_once_accepted(
+        tmp_path: Path, server: LangfuseServer, caplog: pytest.LogCaptureFixture) -> None:
+    """401 while the keys are refused (rotated, revoked, not yet active): spans, scores
+    and session events are journaled, then all arrive once the keys are accepted."""
+    mem = start(tmp_path, backends=[settings(server, timeout_s=0.5)],
+                plugin_manager=plugin_manager(),
+                pipeline={"max_retries": 1, "breaker_failures": 1, "breaker_reset_s": 0.3,
+                          "flush_interval_s": 0.02})
+    good_secret = server.secret_key
+    server.secret_key = "sk-lf-rotated-elsewhere"  # ours is refused: 401
+
+    @llmvigil.trace(kind="llm", session_id="conv-7")
+    def call(i: int) -> str:
+        return f"answer {i}"
+
+    with caplog.at_level(logging.WARNING, logger="llmvigil"):
+        for i in range(20):
+            call(i)
+        wait_for(lambda: len(mem.spans) == 20, "the memory backend to get every span")
+        llmvigil.feedback(mem.spans[0].trace_id, "thumbs_down")
+        llmvigil.session_event("conv-7", "task_complete")
+        assert llmvigil.flush(5)
+        wait_for(lambda: status()["journaled"] >= 22, "records journaled while refused")
+        assert status()["dropped"] == 0
+        assert not server.spans and not server.scores
+        assert any(a.status == 401 for a in server.attempts)
+
+        server.secret_key = good_secret
+        expected_spans = {s.id for s in mem.spans}
+        expected_scores = {s.id for s in mem.scores} | {e.id for e in mem.session_events}
+        assert len(expected_scores) == 2
+        wait_for(lambda: server.span_ids() >= expected_spans
+                 and set(server.scores_by_id()) >= expected_scores,
+                 "re-delivery once the keys are accepted", timeout=20)
+    warnings = [r.getMessage() for r in caplog.records if "refused the keys" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    wait_for(lambda: status()["replayed"] >= 22, "the replay to be counted")
+    assert status()["dropped"] == 0
 
 
 def test_check_authenticates_without_sending_data(server: LangfuseServer) -> None:

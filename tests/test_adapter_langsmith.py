@@ -473,8 +473,8 @@ def test_server_decodes_compressed_multipart(server: LangSmithServer, encoding: 
 
 @pytest.mark.parametrize(("status", "expected"), [
     (500, ExportResult.RETRY), (503, ExportResult.RETRY), (429, ExportResult.RETRY),
-    (408, ExportResult.RETRY), (400, ExportResult.FAILURE), (401, ExportResult.FAILURE),
-    (403, ExportResult.FAILURE), (422, ExportResult.FAILURE), (409, ExportResult.SUCCESS),
+    (408, ExportResult.RETRY), (400, ExportResult.FAILURE), (401, ExportResult.RETRY),
+    (403, ExportResult.RETRY), (422, ExportResult.FAILURE), (409, ExportResult.SUCCESS),
 ])
 def test_http_statuses_map_to_export_results(
     server: LangSmithServer, status: int, expected: ExportResult,
@@ -544,6 +544,53 @@ def test_outage_is_journaled_then_redelivered(
     assert server.invalid == []
 
 
+def test_a_refused_key_loses_nothing_once_it_is_accepted(
+    tmp_path: Path, server: LangSmithServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """401 while the key is refused (revoked, rotated, not yet active): runs, feedback
+    and session events are journaled, one warning names the setting, and everything
+    arrives once the key is accepted."""
+    memory = start_with_langsmith(tmp_path, server, timeout_s=0.5, pipeline={
+        "max_retries": 1, "breaker_failures": 1, "breaker_reset_s": 0.3})
+    good_key = server.api_key
+    server.api_key = "lsv2_pt_the_rotated_key_0123456789"  # ours is refused: 401
+
+    @llmvigil.trace(name="request", kind="chain", session_id="conv-9")
+    def request(i: int) -> int:
+        with llmvigil.span("model", kind="llm") as s:
+            s.set_usage(input_tokens=i, output_tokens=1)
+        return i
+
+    with caplog.at_level(logging.WARNING, logger="llmvigil"):
+        for i in range(10):
+            assert request(i) == i
+            time.sleep(0.02)
+        assert wait_until(lambda: len(memory.spans) == 20)
+        root = next(s for s in memory.spans if s.parent_id is None)
+        llmvigil.feedback(root.trace_id, kind="thumbs_down", comment="late")
+        llmvigil.session_event("conv-9", "task_complete", trace_id=root.trace_id)
+        assert llmvigil.flush(10)
+        assert wait_until(lambda: outbox_status()["journaled"] >= 22)
+        assert outbox_status()["dropped"] == 0
+        assert server.runs == {} and server.feedback == {}
+        assert any(r.status == 401 for r in server.requests)
+
+        server.api_key = good_key
+        request(10)
+        assert wait_until(lambda: len(memory.spans) == 22)
+        expected = {ls_run(s) for s in memory.spans}
+        assert server.wait_for(lambda s: set(s.runs) == expected and len(s.feedback) == 2,
+                               timeout_s=20), (outbox_status(), len(server.runs))
+    warnings = [r.getMessage() for r in caplog.records
+                if "refused the API key" in r.getMessage()]
+    assert len(warnings) == 1 and "LANGSMITH_API_KEY" in warnings[0], warnings
+    assert good_key not in caplog.text
+    assert wait_until(lambda: outbox_status()["replayed"] >= 22), outbox_status()
+    assert outbox_status()["dropped"] == 0
+    assert {f["key"] for f in server.feedback.values()} == {"user_feedback", "session_event"}
+    assert server.invalid == []
+
+
 # -- configuration, check, missing SDK ---------------------------------------------------
 
 
@@ -569,7 +616,7 @@ def test_settings_fall_back_to_the_vendor_env_vars(
     request.addfinalizer(lambda: be2.llmvigil_shutdown(timeout_s=0.5))
     assert be2.project == "from-env"
     assert be2.llmvigil_export_spans([span(new_trace_id(), None, "r", 0)]) is (
-        ExportResult.FAILURE)  # LANGSMITH_API_KEY wins over LANGCHAIN_API_KEY: 401
+        ExportResult.RETRY)  # LANGSMITH_API_KEY wins over LANGCHAIN_API_KEY: 401
 
     for name in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGSMITH_ENDPOINT"):
         monkeypatch.delenv(name)

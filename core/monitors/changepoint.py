@@ -326,50 +326,63 @@ class GaussianCusum:
     def update(self, x: float) -> ChangePoint | None:
         """Add one observation; return the change when this observation raises an alarm."""
         n = self._n
-        alarm: ChangePoint | None = None
         if n >= self.warmup:
             std = math.sqrt(self._m2 / (n - 1))
             if std > 0.0:
                 t = (x - self._mean) / (std * math.sqrt(1.0 + 1.0 / n))
-                z = student_t_to_z(t, n - 1)
+                df = n - 1
+                if df >= 100:  # student_t_to_z(t, df), inline: this runs for every observation
+                    z = math.copysign((8.0 * df + 1.0) / (8.0 * df + 3.0)
+                                      * math.sqrt(df * math.log1p(t * t / df)), t)
+                else:
+                    z = student_t_to_z(t, df)
                 clip = self.clip
                 if z > clip:
                     z = clip
                 elif z < -clip:
                     z = -clip
-                alarm = self._step(x, z, std)
-        if alarm is not None:
-            self.reset()
-            return alarm
+                # the CUSUM step
+                self._run += 1
+                k = self.k
+                pos = self._pos + z - k
+                if pos > 0.0:
+                    self._pos = pos
+                    self._pos_sum += x
+                    self._pos_n += 1
+                else:
+                    self._pos = self._pos_sum = 0.0
+                    self._pos_n = 0
+                neg = self._neg - z - k
+                if neg > 0.0:
+                    self._neg = neg
+                    self._neg_sum += x
+                    self._neg_n += 1
+                else:
+                    self._neg = self._neg_sum = 0.0
+                    self._neg_n = 0
+                h = self.h
+                if pos > h or neg > h:
+                    alarm = self._alarm(pos, neg, std)
+                    self.reset()
+                    return alarm
         if n < self.max_baseline:
             n += 1
-            delta = x - self._mean
-            self._mean += delta / n
-            self._m2 += delta * (x - self._mean)
+            mean = self._mean
+            delta = x - mean
+            mean += delta / n
+            self._mean = mean
+            self._m2 += delta * (x - mean)
             self._n = n
         return None
 
-    def _step(self, x: float, z: float, std: float) -> ChangePoint | None:
-        self._run += 1
-        pos = self._pos + z - self.k
-        if pos > 0.0:
-            self._pos, self._pos_sum, self._pos_n = pos, self._pos_sum + x, self._pos_n + 1
-        else:
-            self._pos, self._pos_sum, self._pos_n = 0.0, 0.0, 0
-        neg = self._neg - z - self.k
-        if neg > 0.0:
-            self._neg, self._neg_sum, self._neg_n = neg, self._neg_sum + x, self._neg_n + 1
-        else:
-            self._neg, self._neg_sum, self._neg_n = 0.0, 0.0, 0
-        if pos > self.h or neg > self.h:
-            up = pos >= neg
-            total, count = (self._pos_sum, self._pos_n) if up else (self._neg_sum, self._neg_n)
-            return ChangePoint(
-                direction="up" if up else "down", baseline_mean=self._mean, baseline_std=std,
-                new_mean=total / count, statistic=max(pos, neg), threshold=self.h,
-                observations=self._n, run_length=self._run,
-            )
-        return None
+    def _alarm(self, pos: float, neg: float, std: float) -> ChangePoint:
+        up = pos >= neg
+        total, count = (self._pos_sum, self._pos_n) if up else (self._neg_sum, self._neg_n)
+        return ChangePoint(
+            direction="up" if up else "down", baseline_mean=self._mean, baseline_std=std,
+            new_mean=total / count, statistic=max(pos, neg), threshold=self.h,
+            observations=self._n, run_length=self._run,
+        )
 
 
 class BernoulliCusum:

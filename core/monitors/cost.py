@@ -170,19 +170,21 @@ class RollingSums:
 
     def add(self, key: Hashable, t_ns: int, amount: float) -> None:
         """Add ``amount`` to ``key`` in the bucket holding ``t_ns``."""
-        ring = self._rings.get(key)
+        rings = self._rings
+        ring = rings.get(key)
         if ring is None:
-            ring = self._rings[key] = (array("q", [-1]) * self.buckets,
-                                       array("d", [0.0]) * self.buckets)
-            if len(self._rings) > self.max_keys:
-                self._rings.popitem(last=False)
+            ring = rings[key] = (array("q", [-1]) * self.buckets,
+                                 array("d", [0.0]) * self.buckets)
+            if len(rings) > self.max_keys:
+                rings.popitem(last=False)
         else:
-            self._rings.move_to_end(key)
+            rings.move_to_end(key)
         epoch = t_ns // self.bucket_ns
         slot = epoch % self.buckets
         epochs, sums = ring
-        if epochs[slot] != epoch:
-            if epochs[slot] > epoch:
+        held = epochs[slot]
+        if held != epoch:
+            if held > epoch:
                 return
             epochs[slot] = epoch
             sums[slot] = 0.0
@@ -228,18 +230,20 @@ class SpaceSaving:
 
     def add(self, key: Hashable, weight: float) -> None:
         """Add ``weight`` to ``key``."""
-        entry = self._counts.get(key)
+        counts = self._counts
+        entry = counts.get(key)
         if entry is None:
-            if len(self._counts) >= self.capacity:
+            if len(counts) >= self.capacity:
                 floor, victim = self._pop_min()
-                del self._counts[victim]
-                entry = self._counts[key] = [floor, floor]
+                del counts[victim]
+                entry = counts[key] = [floor, floor]
             else:
-                entry = self._counts[key] = [0.0, 0.0]
-        entry[0] += weight
-        self._seq += 1
-        heapq.heappush(self._heap, (entry[0], self._seq, key))
-        if len(self._heap) > 4 * self.capacity + 64:
+                entry = counts[key] = [0.0, 0.0]
+        entry[0] = total = entry[0] + weight
+        self._seq = seq = self._seq + 1
+        heap = self._heap
+        heapq.heappush(heap, (total, seq, key))
+        if len(heap) > 4 * self.capacity + 64:
             self._heap = [(c[0], i, k) for i, (k, c) in enumerate(self._counts.items())]
             heapq.heapify(self._heap)
 
@@ -300,6 +304,11 @@ class CostMonitor:
         self.unpriced_total = 0
         self._next_emit_ns = 0
         self._next_spike_ns = 0
+        # What the per-span path reads, looked up once (the settings are immutable).
+        b = s.budgets
+        self._day_budgets = b.global_usd_per_day is not None or bool(b.features_usd_per_day)
+        self._per_feature = s.spike.per_feature
+        self._detect_changes = s.change_detection.enabled
         if register and s.enabled:
             budget.activate(self)
 
@@ -310,14 +319,17 @@ class CostMonitor:
 
     def observe(self, record: Any) -> Iterable[Any]:
         """Price an LLM span, add its cost to the spend, return budget/limit alerts."""
-        if type(record) is not Span or not self.settings.enabled:
+        if type(record) is not Span:
+            return ()
+        s = self.settings
+        if not s.enabled:
             return ()
         span = record
         usage = span.usage
         if usage is None and span.kind != "llm":
             return ()
         model = span.model or span.response_model
-        if usage is not None and model and (span.cost_usd is None or self.settings.overwrite):
+        if usage is not None and model and (span.cost_usd is None or s.overwrite):
             self._price(span, usage, model)
         cost = span.cost_usd
         if cost is None or cost < 0 or math.isnan(cost):
@@ -440,10 +452,10 @@ class CostMonitor:
 
     def _price(self, span: Span, usage: Any, model: str) -> None:
         answered = span.response_model
-        name = answered or model
-        result = self.prices.cost(usage, name, span.provider,
+        res = self.prices.resolve(answered or model, span.provider,
                                   fallback_model=span.model if answered else None)
-        if result is None:
+        usd = res.cost_usd(usage)
+        if usd is None:
             key = (model, span.provider or "")
             self.unpriced_total += 1
             if key in self._unpriced or len(self._unpriced) < self.settings.max_keys:
@@ -455,9 +467,9 @@ class CostMonitor:
                     "reported as unpriced (metric cost.unpriced_spans), not costed at zero. "
                     "Add it under monitors.cost.prices in the config.", model, span.provider)
             return
-        span.cost_usd = result.cost_usd
-        span.price_source = result.source
-        span.price_version = result.version
+        span.cost_usd = usd
+        span.price_source = res.source
+        span.price_version = res.version
 
     def _account(self, span: Span, cost: float, t: int, model: str) -> list[Any]:
         s = self.settings
@@ -467,18 +479,30 @@ class CostMonitor:
         # Redis round trip outside the lock: budget.check() readers never wait on it.
         fleet = self.ledger.add(user, feature, cost, t) if self.ledger is not None else None
         with self.lock:
-            self._advance(t)
+            if t > self._now_ns or self._now_ns >= self._day_end_ns:
+                self._advance(t)
             if feature not in self._first_seen:
                 if len(self._first_seen) >= s.max_keys:
                     self._first_seen.clear()
                 self._first_seen.setdefault(ALL, t)
                 self._first_seen[feature] = t
             self._day_total += cost
-            _bump(self._day_features, feature, cost, s.max_keys)
-            _bump(self._day_models, model, cost, s.max_keys)
-            self._series.add(ALL, t, cost)
-            if s.spike.per_feature:
-                self._series.add(feature, t, cost)
+            table = self._day_features
+            spent = table.get(feature)
+            if spent is not None:
+                table[feature] = spent + cost
+            else:
+                _bump(table, feature, cost, s.max_keys)
+            table = self._day_models
+            spent = table.get(model)
+            if spent is not None:
+                table[model] = spent + cost
+            else:
+                _bump(table, model, cost, s.max_keys)
+            series = self._series
+            series.add(ALL, t, cost)
+            if self._per_feature:
+                series.add(feature, t, cost)
             user_hour = 0.0
             b = s.budgets
             if user is not None:
@@ -487,17 +511,19 @@ class CostMonitor:
                 if b.user_usd_per_hour is not None:
                     user_hour = self._users.total(user, self._now_ns)
             now = self._now_ns
-            day_total, day_feature = self._day_total, self._day_features.get(feature, 0.0)
             if fleet is not None:
-                day_total, day_feature = fleet.day_total_usd, fleet.day_feature_usd
                 user_hour = fleet.user_window_usd
-            if b.global_usd_per_day is not None:
-                out.extend(self._budget_alerts("global", None, day_total,
-                                               b.global_usd_per_day, now))
-            limit = b.features_usd_per_day.get(feature)
-            if limit is not None:
-                out.extend(self._budget_alerts(f"feature:{feature}", feature, day_feature,
-                                               limit, now))
+            if self._day_budgets:
+                day_total, day_feature = self._day_total, self._day_features.get(feature, 0.0)
+                if fleet is not None:
+                    day_total, day_feature = fleet.day_total_usd, fleet.day_feature_usd
+                if b.global_usd_per_day is not None:
+                    out.extend(self._budget_alerts("global", None, day_total,
+                                                   b.global_usd_per_day, now))
+                limit = b.features_usd_per_day.get(feature)
+                if limit is not None:
+                    out.extend(self._budget_alerts(f"feature:{feature}", feature,
+                                                   day_feature, limit, now))
         if self.ledger is not None and out:  # one replica fires each fleet-wide level
             out = [a for a in out if self.ledger.fire_once(self.ledger.budget_key(
                 "global" if a.labels["scope"] == "global" else f"feature:{a.labels['feature']}",
@@ -519,7 +545,7 @@ class CostMonitor:
                             f"limit ${b.user_usd_per_hour:.4f}",
                     value=user_hour, threshold=b.user_usd_per_hour, labels={"user": user},
                 ))
-        if s.change_detection.enabled and cost > 0:
+        if self._detect_changes and cost > 0:
             change = self._change(feature, model, cost, now)
             if change is not None:
                 out.append(change)

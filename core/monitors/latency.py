@@ -69,6 +69,8 @@ ALL = "_all"
 OTHER = "_other"
 UNKNOWN = "_unknown"
 Key = tuple[str, str, str]
+#: ``math.log(x, 2)`` is ``math.log(x) / math.log(2)``; the divisor computed once.
+_LOG_2 = math.log(2)
 
 
 class Sketch(LogCollapsingLowestDenseDDSketch):
@@ -81,7 +83,7 @@ class Sketch(LogCollapsingLowestDenseDDSketch):
         """Add ``val`` with ``weight`` to the sketch."""
         mapping = self._mapping
         if weight == 1.0 and val > mapping.min_possible:
-            key = int(math.ceil(math.log(val, 2) * mapping._multiplier) + mapping._offset)
+            key = int(math.ceil(math.log(val) / _LOG_2 * mapping._multiplier) + mapping._offset)
             store = self._store
             if store.min_key <= key <= store.max_key:
                 store.bins[key - store.offset] += 1.0
@@ -269,15 +271,21 @@ class _Obs:
     def __init__(self, span: Span, model: str) -> None:
         self.feature = span.feature or NONE
         self.model = model
-        self.t_ns = span.end_ns or span.start_ns
+        end, start = span.end_ns, span.start_ns
+        self.t_ns = end or start
         self.error = span.status == "error"
-        self.total = span.duration_s
-        self.ttft = span.ttft_s
+        self.total = total = max(0, end - start) / 1e9  # span.duration_s
+        self.ttft = ttft = span.ttft_s
         stream = span.stream
-        self.tbt = stream.p95_s if stream is not None and stream.n > 0 else None
-        self.stalls = stream.stalls if stream is not None else 0
-        out_tokens = span.usage.output_tokens if span.usage is not None else 0
-        gen = self.total - self.ttft if self.ttft is not None else self.total
+        if stream is None:
+            self.tbt = None
+            self.stalls = 0
+        else:
+            self.tbt = stream.p95_s if stream.n > 0 else None
+            self.stalls = stream.stalls
+        usage = span.usage
+        out_tokens = usage.output_tokens if usage is not None else 0
+        gen = total - ttft if ttft is not None else total
         self.otps = out_tokens / gen if out_tokens > 0 and gen > 0 else None
 
 
@@ -303,6 +311,10 @@ class LatencyMonitor:
         self._fired: dict[tuple[str, Key], int] = {}
         self.late = 0
         self.overflowed = 0
+        # What the per-span path reads, looked up once (the settings are immutable).
+        self._enabled = s.enabled
+        self._max_roots = max(1000, s.pending_max_traces)
+        self._detect_changes = s.change_detection.enabled
 
     # -- Monitor protocol -----------------------------------------------------------------
 
@@ -311,7 +323,7 @@ class LatencyMonitor:
 
     def observe(self, record: Any) -> Iterable[Any]:
         """Add a span's timings to its key; return change alerts it triggers."""
-        if type(record) is not Span or not self.settings.enabled:
+        if type(record) is not Span or not self._enabled:
             return ()
         span = record
         is_root = span.parent_id is None
@@ -483,7 +495,7 @@ class LatencyMonitor:
     def _remember_root(self, trace_id: str, endpoint: str) -> None:
         roots = self._roots
         roots[trace_id] = endpoint
-        if len(roots) > max(1000, self.settings.pending_max_traces):
+        if len(roots) > self._max_roots:
             roots.popitem(last=False)
 
     def _slot_key(self, key: Key) -> Key:
@@ -499,71 +511,106 @@ class LatencyMonitor:
         return state
 
     def _record(self, obs: _Obs, endpoint: str) -> list[Any]:
-        t = obs.t_ns or self._now_ns
-        if t > self._now_ns:
+        now = self._now_ns
+        t = obs.t_ns or now
+        if t > now:
             self._advance(t)
-        index = t // self.slot_ns
-        current = self._now_ns // self.slot_ns
-        if index // self.fine_slots < (current - self.max_slots + 1) // self.fine_slots:
+            now = self._now_ns
+        slot_ns, fine_slots = self.slot_ns, self.fine_slots
+        index = t // slot_ns
+        current = now // slot_ns
+        if index // fine_slots < (current - self.max_slots + 1) // fine_slots:
             self.late += 1
             return []
-        key = self._slot_key((obs.feature, obs.model, endpoint))
-        state = self._keys.get(key)
+        keys = self._keys
+        key = (obs.feature, obs.model, endpoint)
+        state = keys.get(key)
         if state is None:
-            state = self._keys[key] = _KeyState()
-        if index > current - self.fine_slots:
-            slot = state.fine.get(index)
-            if slot is None:
-                slot = state.fine[index] = _Slot()
+            key = self._slot_key(key)
+            state = keys.get(key)
+            if state is None:
+                state = keys[key] = _KeyState()
+        if index > current - fine_slots:
+            slots = state.fine
         else:
-            period = index // self.fine_slots
-            slot = state.coarse.get(period)
-            if slot is None:
-                slot = state.coarse[period] = _Slot()
+            slots = state.coarse
+            index //= fine_slots
+        slot = slots.get(index)
+        if slot is None:
+            slot = slots[index] = _Slot()
         slot.requests += 1
         slot.stalls += obs.stalls
         if obs.error:
             slot.errors += 1
         else:
             sketches = slot.sketches
-            for name, value in (("total", obs.total), ("ttft", obs.ttft), ("tbt", obs.tbt),
-                                ("output_tps", obs.otps)):
-                if value is not None and value >= 0:  # also skips NaN
-                    sk = sketches.get(name)
-                    if sk is None:
-                        sk = sketches[name] = Sketch(self.settings.relative_accuracy,
-                                                     self.settings.bin_limit)
-                    sk.add(value)
-        if self.settings.change_detection.enabled:
+            # in this order, which a new slot's sketches keep (it shows in snapshots)
+            total = obs.total
+            if total >= 0:
+                sk = sketches.get("total")
+                if sk is None:
+                    sk = sketches["total"] = self._sketch()
+                sk.add(total)
+            ttft = obs.ttft
+            if ttft is not None and ttft >= 0:  # also skips NaN
+                sk = sketches.get("ttft")
+                if sk is None:
+                    sk = sketches["ttft"] = self._sketch()
+                sk.add(ttft)
+            tbt = obs.tbt
+            if tbt is not None and tbt >= 0:
+                sk = sketches.get("tbt")
+                if sk is None:
+                    sk = sketches["tbt"] = self._sketch()
+                sk.add(tbt)
+            otps = obs.otps
+            if otps is not None and otps >= 0:
+                sk = sketches.get("output_tps")
+                if sk is None:
+                    sk = sketches["output_tps"] = self._sketch()
+                sk.add(otps)
+        if self._detect_changes:
             return self._detect(key, state, obs)
         return []
+
+    def _sketch(self) -> Sketch:
+        return Sketch(self.settings.relative_accuracy, self.settings.bin_limit)
 
     # -- change detection ---------------------------------------------------------------------
 
     def _detect(self, key: Key, state: _KeyState, obs: _Obs) -> list[Any]:
-        cd = self.settings.change_detection
-        dets = state.detectors
-        changes: list[tuple[str, ChangePoint]] = []
         errors = state.errors
         if errors is None:
+            cd = self.settings.change_detection
             errors = state.errors = BernoulliCusum(
                 cd.arl0, ratio=cd.error_ratio, warmup=cd.warmup, min_events=cd.error_min_events)
+        changes: list[tuple[str, ChangePoint]] = []
         change = errors.update(obs.error)
         if change is not None:
             changes.append(("error_rate", change))
         if not obs.error:
-            for series, value in (("total", obs.total), ("ttft", obs.ttft)):
-                if value is None or value <= 0:
-                    continue
-                det = dets.get(series)
-                if det is None:
-                    det = dets[series] = GaussianCusum(
-                        cd.arl0, shift_sigma=cd.shift_sigma, warmup=cd.warmup, clip=cd.clip)
-                change = det.update(math.log(value))
+            value = obs.total
+            if not value <= 0:
+                change = self._detector(state, "total").update(math.log(value))
                 if change is not None:
-                    changes.append((series, change))
+                    changes.append(("total", change))
+            ttft = obs.ttft
+            if not (ttft is None or ttft <= 0):
+                change = self._detector(state, "ttft").update(math.log(ttft))
+                if change is not None:
+                    changes.append(("ttft", change))
+        if not changes:
+            return []
         return [a for series, ch in changes
                 if (a := self._change_alert(key, series, ch)) is not None]
+
+    def _detector(self, state: _KeyState, series: str) -> GaussianCusum:
+        det = state.detectors.get(series)
+        if det is None:
+            cd = self.settings.change_detection
+            det = state.detectors[series] = GaussianCusum(
+                cd.arl0, shift_sigma=cd.shift_sigma, warmup=cd.warmup, clip=cd.clip)
+        return det
 
     def _change_alert(self, key: Key, series: str, change: ChangePoint) -> Alert | None:
         cd = self.settings.change_detection

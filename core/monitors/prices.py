@@ -127,13 +127,57 @@ def _apply(rate: _Rate | None, tokens: int, total_input: int) -> float:
     return price * tokens
 
 
+def _rates_cost(rates: tuple[_Rate | None, ...], inp: int, out: int, read: int,
+                write: int) -> float:
+    total_input = inp + read + write
+    # Cache tokens without a rate of their own are input tokens (genai-prices semantics).
+    read_rate = rates[2] if rates[2] is not None else rates[0]
+    write_rate = rates[3] if rates[3] is not None else rates[0]
+    return (_apply(rates[0], inp, total_input) + _apply(rates[1], out, total_input)
+            + _apply(read_rate, read, total_input) + _apply(write_rate, write, total_input)) / 1e6
+
+
+# A tariff: the tier thresholds of every rate of a model, ascending, and for each
+# k = 0..len(thresholds) the (input, output, cache read, cache write) prices of a call
+# whose total input exceeds exactly the first k thresholds: what _apply picks for each
+# rate, so a call costs the same as by _rates_cost without walking the tiers.
+_Tariff = tuple[tuple[int, ...], tuple[tuple[float, float, float, float], ...]]
+
+
+def _tariff_of(rates: tuple[_Rate | None, ...]) -> _Tariff | None:
+    """The tariff of ``rates``; ``None`` when the input or output rate is missing."""
+    read = rates[2] if rates[2] is not None else rates[0]
+    write = rates[3] if rates[3] is not None else rates[0]
+    if rates[0] is None or rates[1] is None or read is None or write is None:
+        return None
+    four = (rates[0], rates[1], read, write)
+    starts = tuple(sorted({start for rate in four for start, _ in rate[1]}))
+    prices = tuple(
+        (_price_above(four[0], bound), _price_above(four[1], bound),
+         _price_above(four[2], bound), _price_above(four[3], bound))
+        for bound in (None, *starts)
+    )
+    return starts, prices
+
+
+def _price_above(rate: _Rate, bound: int | None) -> float:
+    """The price :func:`_apply` picks when the call's total input exceeds the thresholds
+    up to ``bound`` (none when ``None``) and no other."""
+    if bound is not None:
+        for start, tier_price in reversed(rate[1]):
+            if start <= bound:
+                return tier_price
+    return rate[0]
+
+
 class Resolution:
     """Where a (model, provider) price comes from: a flat price, genai-prices, or nothing.
 
     ``source`` is ``None`` when the model is unpriced.
     """
 
-    __slots__ = ("expires", "genai", "price", "rates", "source", "version")
+    __slots__ = ("_flat", "_tariff", "expires", "genai", "price", "rates", "source",
+                 "version")
 
     def __init__(self, *, source: str | None = None, version: str | None = None,
                  price: Price | None = None, rates: tuple[_Rate | None, ...] | None = None,
@@ -144,24 +188,67 @@ class Resolution:
         self.rates = rates
         self.genai = genai
         self.expires = expires
+        self._flat: tuple[float, float, float, float] | None = None
+        if price is not None:
+            in_rate = price.input_per_mtok
+            self._flat = (
+                in_rate, price.output_per_mtok,
+                price.cache_read_per_mtok if price.cache_read_per_mtok is not None else in_rate,
+                price.cache_write_per_mtok if price.cache_write_per_mtok is not None
+                else in_rate,
+            )
+        self._tariff = _tariff_of(rates) if rates is not None else None
+
+    def cost_usd(self, usage: Usage) -> float | None:
+        """The cost of a call with ``usage`` at these prices, or ``None`` when unpriced
+        (or when genai-prices rejects the usage)."""
+        flat = self._flat
+        if flat is not None:
+            return (usage.input_tokens * flat[0] + usage.output_tokens * flat[1]
+                    + usage.cache_read_tokens * flat[2]
+                    + usage.cache_write_tokens * flat[3]) / 1e6
+        tariff = self._tariff
+        if tariff is not None:
+            inp, out = usage.input_tokens, usage.output_tokens
+            read, write = usage.cache_read_tokens, usage.cache_write_tokens
+            starts, prices = tariff
+            k = 0
+            if starts:
+                total_input = inp + read + write
+                for start in starts:
+                    if total_input > start:
+                        k += 1
+                    else:
+                        break
+            p_in, p_out, p_read, p_write = prices[k]
+            return ((p_in * inp if inp else 0.0) + (p_out * out if out else 0.0)
+                    + (p_read * read if read else 0.0)
+                    + (p_write * write if write else 0.0)) / 1e6
+        if self.source is None:
+            return None
+        inp, out = usage.input_tokens, usage.output_tokens
+        read, write = usage.cache_read_tokens, usage.cache_write_tokens
+        if self.rates is not None:
+            return _rates_cost(self.rates, inp, out, read, write)
+        assert self.genai is not None
+        try:
+            return _genai_calc(self.genai, inp, out, read, write)
+        except Exception as exc:  # e.g. usage genai-prices rejects as inconsistent
+            _log.debug("llmvigil: genai-prices cannot price %r: %r",
+                       getattr(self.genai[1], "id", self.genai[1]), exc)
+            return None
 
 
-def _flat_cost(price: Price, usage: Usage) -> float:
-    in_rate = price.input_per_mtok
-    read = price.cache_read_per_mtok if price.cache_read_per_mtok is not None else in_rate
-    write = price.cache_write_per_mtok if price.cache_write_per_mtok is not None else in_rate
-    return (usage.input_tokens * in_rate + usage.output_tokens * price.output_per_mtok
-            + usage.cache_read_tokens * read + usage.cache_write_tokens * write) / 1e6
+def _genai_calc(found: tuple[Any, Any], inp: int, out: int, read: int, write: int) -> float:
+    from genai_prices import Usage as GenaiUsage
 
-
-def _rates_cost(rates: tuple[_Rate | None, ...], inp: int, out: int, read: int,
-                write: int) -> float:
-    total_input = inp + read + write
-    # Cache tokens without a rate of their own are input tokens (genai-prices semantics).
-    read_rate = rates[2] if rates[2] is not None else rates[0]
-    write_rate = rates[3] if rates[3] is not None else rates[0]
-    return (_apply(rates[0], inp, total_input) + _apply(rates[1], out, total_input)
-            + _apply(read_rate, read, total_input) + _apply(write_rate, write, total_input)) / 1e6
+    provider, model_info = found
+    calc = model_info.calc_price(
+        GenaiUsage(input_tokens=inp + read + write, output_tokens=out,
+                   cache_read_tokens=read, cache_write_tokens=write),
+        provider,
+    )
+    return float(calc.total_price)
 
 
 class PriceBook:
@@ -191,7 +278,7 @@ class PriceBook:
         self.pm = pm
         self.use_genai_prices = use_genai_prices
         self.refresh_s = refresh_s
-        self._cache: dict[tuple[tuple[str, ...], str | None], Resolution] = {}
+        self._cache: dict[tuple[str, str | None, str | None], Resolution] = {}
         self._lock = threading.Lock()
         self._genai_version = genai_prices_version() if use_genai_prices else None
 
@@ -206,22 +293,10 @@ class PriceBook:
         is asked about both names before the next source is asked.
         """
         res = self.resolve(model, provider, fallback_model=fallback_model)
-        if res.source is None:
+        usd = res.cost_usd(usage)
+        if usd is None or res.source is None:
             return None
-        if res.price is not None:
-            return CostResult(_flat_cost(res.price, usage), res.source, res.version)
-        inp, out = usage.input_tokens, usage.output_tokens
-        read, write = usage.cache_read_tokens, usage.cache_write_tokens
-        if res.rates is not None:
-            cost = _rates_cost(res.rates, inp, out, read, write)
-        else:
-            assert res.genai is not None
-            try:
-                cost = self._genai_calc(res.genai, inp, out, read, write)
-            except Exception as exc:  # e.g. usage genai-prices rejects as inconsistent
-                _log.debug("llmvigil: genai-prices cannot price %r: %r", model, exc)
-                return None
-        return CostResult(cost, res.source, res.version)
+        return CostResult(usd, res.source, res.version)
 
     def price(self, model: str, provider: str | None = None) -> Price | None:
         """The base (lowest-tier) price of ``model`` as a :class:`Price`, or ``None``."""
@@ -237,13 +312,13 @@ class PriceBook:
     def resolve(self, model: str, provider: str | None = None, *,
                 fallback_model: str | None = None) -> Resolution:
         """Where the price of ``model`` (or ``fallback_model``) comes from (cached)."""
-        names = (model,) if not fallback_model or fallback_model == model else (
-            model, fallback_model)
-        key = (names, provider)
+        key = (model, fallback_model, provider)
         res = self._cache.get(key)
         now = time.monotonic()
         if res is not None and res.expires > now:
             return res
+        names = (model,) if not fallback_model or fallback_model == model else (
+            model, fallback_model)
         with self._lock:
             res = self._resolve(names, provider)
             res.expires = now + self.refresh_s
@@ -313,25 +388,16 @@ class PriceBook:
             version = f"{version}+data.{snapshot.timestamp.isoformat()}"
         model_price = found[1].get_prices(datetime.now(tz=timezone.utc))
         rates = tuple(_rate_of(getattr(model_price, key, None)) for key in _PRICE_KEYS)
+        fast = Resolution(source=GENAI_PRICES, version=version, rates=rates, genai=found)
+
+        def agrees(inp: int, out: int, read: int, write: int) -> bool:
+            usd = fast.cost_usd(Usage(input_tokens=inp, output_tokens=out,
+                                      cache_read_tokens=read, cache_write_tokens=write))
+            return usd is not None and math.isclose(
+                usd, _genai_calc(found, inp, out, read, write), rel_tol=1e-9, abs_tol=1e-15)
+
         try:
-            exact = all(
-                math.isclose(_rates_cost(rates, *probe), self._genai_calc(found, *probe),
-                             rel_tol=1e-9, abs_tol=1e-15)
-                for probe in _PROBES
-            )
+            exact = all(agrees(*probe) for probe in _PROBES)
         except Exception:  # a probe genai-prices rejects: price every call through it
             exact = False
-        return Resolution(source=GENAI_PRICES, version=version, rates=rates if exact else None,
-                         genai=found)
-
-    @staticmethod
-    def _genai_calc(found: tuple[Any, Any], inp: int, out: int, read: int, write: int) -> float:
-        from genai_prices import Usage as GenaiUsage
-
-        provider, model_info = found
-        calc = model_info.calc_price(
-            GenaiUsage(input_tokens=inp + read + write, output_tokens=out,
-                       cache_read_tokens=read, cache_write_tokens=write),
-            provider,
-        )
-        return float(calc.total_price)
+        return fast if exact else Resolution(source=GENAI_PRICES, version=version, genai=found)

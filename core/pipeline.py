@@ -180,14 +180,54 @@ class Pipeline:
             self._periodic()
 
     def _handle(self, raw: list[Any]) -> None:
-        grouped: dict[str, list[Any]] = {}
-        for record in raw:
-            processed = self._process(record)
-            if processed is None:
-                continue
-            self._add(grouped, processed)
-            for derived in self._observe(processed):
-                self._add(grouped, derived)
+        # What _process, _observe and _add do record by record, inlined: this loop runs
+        # once per record at the worker's full rate.
+        processors = self.processors
+        observers = self._observers
+        span_monitors = observers[Span]
+        monitors = self.monitors
+        observe = self._observe
+        add = self._add
+        spans: list[Any] = []
+        grouped: dict[str, list[Any]] = {"spans": spans}
+        processed = 0
+        try:
+            for record in raw:
+                for proc in processors:
+                    try:
+                        record = proc(record)
+                    except Exception as exc:
+                        self._processor_failed(proc, exc)
+                        break
+                    if record is None:
+                        with self.counters.lock:
+                            self.counters.dropped_by_processor += 1
+                        break
+                else:
+                    processed += 1
+                    if type(record) is Span:
+                        spans.append(record)
+                        mons = span_monitors
+                    else:
+                        add(grouped, record)
+                        mons = observers.get(type(record), monitors)
+                    derived: list[Any] | None = None
+                    for mon in mons:
+                        try:
+                            out = mon.observe(record)
+                            if out:
+                                if derived is None:
+                                    derived = []
+                                for new in out:
+                                    derived.append(new)
+                                    derived.extend(observe(new, skip=mon))
+                        except Exception as exc:
+                            self._monitor_failed(mon, exc)
+                    if derived:
+                        for new in derived:
+                            add(grouped, new)
+        finally:
+            self.counters.processed += processed
         self._dispatch(grouped)
 
     def _process(self, record: Any) -> Any:
@@ -195,9 +235,7 @@ class Pipeline:
             try:
                 record = proc(record)
             except Exception as exc:
-                with self.counters.lock:
-                    self.counters.processor_errors += 1
-                _log.warning("llmvigil processor %r failed on a record: %r", proc, exc)
+                self._processor_failed(proc, exc)
                 return None
             if record is None:
                 with self.counters.lock:
@@ -205,6 +243,15 @@ class Pipeline:
                 return None
         self.counters.processed += 1
         return record
+
+    def _processor_failed(self, proc: Processor, exc: Exception) -> None:
+        with self.counters.lock:
+            self.counters.processor_errors += 1
+        _log.warning("llmvigil processor %r failed on a record: %r", proc, exc)
+
+    def _monitor_failed(self, mon: Monitor, exc: Exception) -> None:
+        self.counters.monitor_errors += 1
+        _log.warning("llmvigil monitor %r failed: %r", mon, exc)
 
     def _observe(self, record: Any, skip: Any = None) -> list[Any]:
         derived: list[Any] = []
@@ -218,8 +265,7 @@ class Pipeline:
                         derived.append(new)
                         derived.extend(self._observe(new, skip=mon))
             except Exception as exc:
-                self.counters.monitor_errors += 1
-                _log.warning("llmvigil monitor %r failed: %r", mon, exc)
+                self._monitor_failed(mon, exc)
         return derived
 
     @staticmethod

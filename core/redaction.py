@@ -49,8 +49,8 @@ class Detector:
 
     ``hints``: substrings of which every match holds one; a text holding none of them
     is not searched (a substring test costs a fraction of a regex scan). ``screen``,
-    for a detector without hints: a cheaper pattern that finds something in every
-    match; a text where it finds nothing is not searched.
+    for a detector without hints: a cheaper test that is true of every text holding a
+    match; a text for which it is false is not searched.
     """
 
     category: str
@@ -58,7 +58,7 @@ class Detector:
     validate: Callable[[str], bool] | None = None
     replacement: str = ""
     hints: tuple[str, ...] = ()
-    screen: re.Pattern[str] | None = None
+    screen: Callable[[str], bool] | None = None
 
     def mask(self) -> str:
         """The text that replaces a match."""
@@ -68,6 +68,19 @@ class Detector:
 def _digits_luhn(match: str) -> bool:
     digits = re.sub(r"[ -]", "", match)
     return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
+_CARD_RUN = re.compile(r"\d[\d -]{12}")
+#: Byte -> "1" for the characters of a card number in ASCII text ("0" for the others).
+_CARD_CHARS = bytes(49 if chr(b) in "0123456789 -" else 48 for b in range(256))
+
+
+def _may_hold_card(text: str) -> bool:
+    """Whether ``text`` has the 13 characters in a row (digits, spaces, dashes) every
+    card number match has; a byte table test, many times faster than the pattern."""
+    if not text.isascii():
+        return _CARD_RUN.search(text) is not None  # \d takes other scripts' digits too
+    return b"1111111111111" in text.encode().translate(_CARD_CHARS)
 
 
 #: Built-in detectors by category name (the names valid in ``capture.redact``).
@@ -81,10 +94,8 @@ CATEGORIES: dict[str, Detector] = {
             r"|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})"),
                  hints=("sk-", "pk-lf-", "lsv2_", "AKIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
                         "xox", "AIza")),
-        # The screen: 13 characters of a match, without the lookarounds that make
-        # the pattern itself slow to scan for.
         Detector("credit_card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"),
-                 _digits_luhn, screen=re.compile(r"\d[\d -]{12}")),
+                 _digits_luhn, screen=_may_hold_card),
         Detector("email", re.compile(
             r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}"),
                  hints=("@",)),
@@ -116,18 +127,18 @@ _CACHE_ENTRIES = 4096
 
 
 _Replacement = str | Callable[[re.Match[str]], str]
-_Step = tuple[str | re.Pattern[str] | None, re.Pattern[str], _Replacement]
+_Step = tuple[str | Callable[[str], object] | None, re.Pattern[str], _Replacement]
 
 
 def _step(det: Detector) -> _Step:
     """``(screen, pattern, replacement)``: the screen is the one hint (a substring
-    test), all of them as one literal pattern, or the detector's own screen."""
+    test), a search for all of them as one literal pattern, or the detector's own."""
     hints = det.hints
-    screen: str | re.Pattern[str] | None = det.screen
+    screen: str | Callable[[str], object] | None = det.screen
     if len(hints) == 1:
         screen = hints[0]
     elif hints:
-        screen = re.compile("|".join(map(re.escape, hints)))
+        screen = re.compile("|".join(map(re.escape, hints))).search
     mask = det.mask()
     replacement: _Replacement = mask if det.validate is None else _validated_mask(
         det.validate, mask)
@@ -148,7 +159,7 @@ def _redact(text: str, steps: tuple[_Step, ...]) -> str:
             if isinstance(screen, str):
                 if screen not in text:
                     continue
-            elif screen.search(text) is None:
+            elif not screen(text):
                 continue
         text = pattern.sub(replacement, text)
     return text

@@ -210,34 +210,34 @@ class FeedbackMonitor:
 
     def observe(self, record: Any) -> Iterable[Any]:
         """Count a feedback Score or a request Span; other records are ignored."""
-        if isinstance(record, Score):
-            if record.kind in FEEDBACK_KINDS:
-                self._on_feedback(record)
-        elif isinstance(record, Span):
+        if isinstance(record, Span):
             self._on_span(record)
+        elif isinstance(record, Score) and record.kind in FEEDBACK_KINDS:
+            self._on_feedback(record)
         return ()
 
     def _on_span(self, span: Span) -> None:
         feature = span.feature
         root = span.parent_id is None
-        if feature is not None and self.settings.link_cache_size:
+        s = self.settings
+        if feature is not None and s.link_cache_size:
             self._link(span.id, feature)
             if root:  # the root finishes last: its feature is the trace's
                 self._link(span.trace_id, feature)
-        mode = self.settings.requests
+        mode = s.requests
         if (mode == "root" and not root) or (mode == "llm" and span.kind != "llm"):
             return
         t = span.end_ns or span.start_ns
         key = feature or NONE
         ok = self._recent.incr(key, t, "requests")
-        if self.settings.totals:
+        if s.totals:
             ok = self._recent.incr(ALL, t, "requests") and ok
         if not ok:
             self.ignored_late += 1
 
     def _link(self, key: str, feature: str) -> None:
         links = self._links
-        if key not in links and len(links) >= self.settings.link_cache_size:
+        if len(links) >= self.settings.link_cache_size and key not in links:
             links.popitem(last=False)
         links[key] = feature
 

@@ -71,6 +71,8 @@ UNKNOWN = "_unknown"
 Key = tuple[str, str, str]
 #: ``math.log(x, 2)`` is ``math.log(x) / math.log(2)``; the divisor computed once.
 _LOG_2 = math.log(2)
+_log = math.log
+_ceil = math.ceil
 
 
 class Sketch(LogCollapsingLowestDenseDDSketch):
@@ -83,7 +85,7 @@ class Sketch(LogCollapsingLowestDenseDDSketch):
         """Add ``val`` with ``weight`` to the sketch."""
         mapping = self._mapping
         if weight == 1.0 and val > mapping.min_possible:
-            key = int(math.ceil(math.log(val) / _LOG_2 * mapping._multiplier) + mapping._offset)
+            key = int(_ceil(_log(val) / _LOG_2 * mapping._multiplier) + mapping._offset)
             store = self._store
             if store.min_key <= key <= store.max_key:
                 store.bins[key - store.offset] += 1.0

@@ -119,10 +119,11 @@ class SessionsMonitor:
 
     def observe(self, record: Any) -> Iterable[Any]:
         """Update the session a SessionEvent or a Span with ``session_id`` belongs to."""
-        if isinstance(record, SessionEvent):
+        if isinstance(record, Span):
+            if record.session_id:
+                self._on_span(record)
+        elif isinstance(record, SessionEvent):
             self._on_event(record)
-        elif isinstance(record, Span) and record.session_id:
-            self._on_span(record)
         return ()
 
     def _touch(self, session_id: str, t_ns: int, feature: str | None) -> _Session:
@@ -135,8 +136,10 @@ class SessionsMonitor:
             self._add(sess, t_ns, started=1.0)
         else:
             self._open.move_to_end(session_id)
-            sess.last_ns = max(sess.last_ns, t_ns)
-            sess.start_ns = min(sess.start_ns, t_ns)
+            if t_ns > sess.last_ns:
+                sess.last_ns = t_ns
+            elif t_ns < sess.start_ns:
+                sess.start_ns = t_ns
             if sess.feature is None:
                 sess.feature = feature
         return sess

@@ -136,6 +136,7 @@ class RollingCounters:
         self.evicted = 0
         self.too_old = 0
         self._index = {name: i for i, name in enumerate(self.fields)}
+        self._width = len(self.fields)
         self._rings: OrderedDict[Hashable, _Ring] = OrderedDict()
 
     @classmethod
@@ -186,8 +187,9 @@ class RollingCounters:
         """The sums of ``key`` and the offset of the bucket holding ``t_ns`` (reset if stale)."""
         rings = self._rings
         ring = rings.get(key)
+        nf = self._width
         if ring is None:
-            ring = rings[key] = _Ring(self.buckets, len(self.fields))
+            ring = rings[key] = _Ring(self.buckets, nf)
             if len(rings) > self.max_keys:
                 rings.popitem(last=False)
                 self.evicted += 1
@@ -195,14 +197,14 @@ class RollingCounters:
             rings.move_to_end(key)
         epoch = t_ns // self.bucket_ns
         slot = epoch % self.buckets
-        held = ring.epochs[slot]
-        nf = len(self.fields)
+        epochs = ring.epochs
+        held = epochs[slot]
         base = slot * nf
         if held != epoch:
             if held > epoch:
                 self.too_old += 1
                 return None
-            ring.epochs[slot] = epoch
+            epochs[slot] = epoch
             sums = ring.sums
             for i in range(base, base + nf):
                 sums[i] = 0.0

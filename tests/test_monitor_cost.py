@@ -21,7 +21,7 @@ from llmvigil.core.errors import BudgetExceeded, ConfigError
 from llmvigil.core.model import Alert, Metric, Span, StreamStats, Usage
 from llmvigil.core.monitors import budget
 from llmvigil.core.monitors.cost import CostMonitor, SpaceSaving
-from llmvigil.core.monitors.prices import PriceBook
+from llmvigil.core.monitors.prices import PriceBook, _rates_cost
 from llmvigil.plugins.hookspecs import hookimpl
 from llmvigil.plugins.manager import new_plugin_manager
 from llmvigil.plugins.types import Price
@@ -152,6 +152,96 @@ def test_other_providers_match_genai_prices(model: str, provider: str | None) ->
         genai_prices.Usage(input_tokens=5_000, cache_read_tokens=4_000, output_tokens=300),
         model_ref=model).total_price
     assert result.cost_usd == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_tier_boundary_matches_genai_prices() -> None:
+    """A tier applies when the total input *exceeds* its threshold (200k for Sonnet); the
+    per-span arithmetic gives exactly what walking each rate's tiers gives."""
+    book = PriceBook()
+    rates = book.resolve(SONNET, "anthropic").rates
+    assert rates is not None and any(r is not None and r[1] for r in rates)  # tiered
+    for total in (199_999, 200_000, 200_001):
+        for read, write in ((0, 0), (50_000, 1_000)):
+            usage = Usage(input_tokens=total - read - write, cache_read_tokens=read,
+                          cache_write_tokens=write, output_tokens=700)
+            result = book.cost(usage, SONNET, "anthropic")
+            assert result is not None
+            assert result.cost_usd == pytest.approx(genai_total(
+                SONNET, input_tokens=total - read - write, cache_read=read,
+                cache_write=write, output_tokens=700), rel=1e-12)
+            assert result.cost_usd == _rates_cost(rates, total - read - write, 700, read, write)
+
+
+def _by_hand(price: Price, usage: Usage) -> float:
+    """A flat price applied without the price book: cache tokens without a rate are input."""
+    read = price.cache_read_per_mtok
+    write = price.cache_write_per_mtok
+    return (usage.input_tokens * price.input_per_mtok
+            + usage.output_tokens * price.output_per_mtok
+            + usage.cache_read_tokens * (price.input_per_mtok if read is None else read)
+            + usage.cache_write_tokens * (price.input_per_mtok if write is None else write)
+            ) / 1e6
+
+
+def test_cached_prices_give_what_a_fresh_lookup_gives() -> None:
+    """The book resolves a (model, fallback, provider) once and reuses it: every later
+    call gives exactly the cost, source and version a book asked for the first time
+    gives, overrides still win, and an unknown model stays unpriced."""
+    overrides = {
+        "acme-*": {"input_per_mtok": 3, "output_per_mtok": 4, "cache_read_per_mtok": 0.3,
+                   "version": "v9"},
+        "openai/gpt-4o": {"input_per_mtok": 7, "output_per_mtok": 9},
+        "Claude-Haiku-4-5": {"input_per_mtok": 1, "output_per_mtok": 2},
+    }
+    calls: list[tuple[str, str | None, str | None]] = [
+        ("claude-haiku-4-5", "anthropic", None),  # override (names are case-insensitive)
+        ("gpt-4o", "openai", None),  # override by provider/model
+        ("gpt-4o", None, None),  # genai-prices: the override names another provider
+        ("acme-ft-2", "acme", None),  # override by pattern
+        (f"{SONNET}-20250929", "anthropic", SONNET),  # genai-prices, tiered
+        ("claude-opus-4-1", "anthropic", None),
+        ("nobody-knows-7b", "vllm", None),  # unpriced
+        ("nobody-knows-7b", None, "acme-x"),  # the fallback name is priced
+    ]
+    usages = [Usage(), Usage(input_tokens=10, output_tokens=3),
+              Usage(input_tokens=150_000, output_tokens=900, cache_read_tokens=60_000,
+                    cache_write_tokens=5_000),
+              Usage(input_tokens=1_000, cache_read_tokens=4_000, output_tokens=300)]
+    book = PriceBook(overrides)
+    for _ in range(3):  # the first round fills the cache, the others read it
+        for model, provider, fallback in calls:
+            for usage in usages:
+                got = book.cost(usage, model, provider, fallback_model=fallback)
+                fresh = PriceBook(overrides).cost(usage, model, provider,
+                                                  fallback_model=fallback)
+                assert got == fresh
+    assert len(book._cache) == len(calls)
+    # and against computations that do not go through the book
+    haiku = PriceBook(overrides).cost(usages[3], "claude-haiku-4-5", "anthropic")
+    assert haiku is not None and haiku.source == "config"
+    assert haiku.cost_usd == _by_hand(Price(1, 2), usages[3])
+    acme = book.cost(usages[2], "ACME-ft-2", None)
+    assert acme is not None and (acme.source, acme.version) == ("config", "v9")
+    assert acme.cost_usd == _by_hand(Price(3, 4, 0.3), usages[2])
+    assert book.cost(usages[1], "nobody-knows-7b", "vllm") is None
+    for usage in usages[1:]:
+        got = book.cost(usage, f"{SONNET}-20250929", "anthropic", fallback_model=SONNET)
+        assert got is not None and got.source == "genai-prices"
+        assert got.cost_usd == pytest.approx(genai_total(
+            SONNET, input_tokens=usage.input_tokens, cache_read=usage.cache_read_tokens,
+            cache_write=usage.cache_write_tokens, output_tokens=usage.output_tokens),
+            rel=1e-12)
+
+
+def test_price_cache_is_bounded_and_expires() -> None:
+    book = PriceBook({"m-*": {"input_per_mtok": 1, "output_per_mtok": 1}}, refresh_s=0.0)
+    usage = Usage(input_tokens=1_000_000)
+    for i in range(10_050):
+        result = book.cost(usage, f"m-{i}")
+        assert result is not None and result.cost_usd == 1.0
+        assert len(book._cache) <= 10_001
+    # refresh_s=0: every call resolves again, and an answer is never stale
+    assert book.cost(usage, "m-1") == book.cost(usage, "m-1")
 
 
 def test_unpriced_model_gets_no_cost_a_metric_and_one_warning(

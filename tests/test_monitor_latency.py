@@ -394,6 +394,78 @@ def test_gaussian_cusum_catches_a_two_sigma_shift_quickly() -> None:
     assert max(delays) <= 40
 
 
+class _ReferenceCusum:
+    """The self-starting two-sided CUSUM written out plainly from the module docstring,
+    to check GaussianCusum's per-observation arithmetic against."""
+
+    def __init__(self, arl0: float, shift_sigma: float, warmup: int, clip: float,
+                 max_baseline: int) -> None:
+        self.k, self.h = shift_sigma / 2.0, cusum_threshold(arl0, shift_sigma / 2.0)
+        self.warmup, self.clip, self.max_baseline = warmup, clip, max(max_baseline, warmup)
+        self.restart()
+
+    def restart(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0  # Welford over the baseline
+        self.run = 0
+        self.s_pos = self.s_neg = 0.0
+        self.pos: list[float] = []  # the observations since each side last touched 0
+        self.neg: list[float] = []
+
+    def update(self, x: float) -> tuple[Any, ...] | None:
+        n = self.n
+        if n >= self.warmup:
+            std = math.sqrt(self.m2 / (n - 1))
+            if std > 0.0:
+                z = student_t_to_z((x - self.mean) / (std * math.sqrt(1.0 + 1.0 / n)), n - 1)
+                z = max(-self.clip, min(self.clip, z))
+                self.run += 1
+                self.s_pos = self.s_pos + z - self.k
+                self.s_neg = self.s_neg - z - self.k
+                self.pos = [*self.pos, x] if self.s_pos > 0.0 else []
+                self.neg = [*self.neg, x] if self.s_neg > 0.0 else []
+                if self.s_pos > self.h or self.s_neg > self.h:
+                    up = self.s_pos >= self.s_neg
+                    side = self.pos if up else self.neg
+                    total = 0.0
+                    for v in side:
+                        total += v
+                    alarm = ("up" if up else "down", self.mean, std, total / len(side),
+                             max(self.s_pos, self.s_neg), self.n, self.run)
+                    self.restart()
+                    return alarm
+                self.s_pos, self.s_neg = max(self.s_pos, 0.0), max(self.s_neg, 0.0)
+        if n < self.max_baseline:
+            self.n = n + 1
+            delta = x - self.mean
+            self.mean += delta / self.n
+            self.m2 += delta * (x - self.mean)
+        return None
+
+
+@pytest.mark.parametrize("warmup,max_baseline", [(10, 60), (30, 10_000), (150, 400)])
+def test_gaussian_cusum_matches_a_plain_reference(warmup: int, max_baseline: int) -> None:
+    """Every alarm (direction, baseline, new level, statistic, counts) exactly as the
+    plain reference computes it, through warm-ups, shifts both ways and a frozen baseline."""
+    rng = random.Random(warmup)
+    args = (500.0, 1.0, warmup, 3.0, max_baseline)
+    det = GaussianCusum(args[0], shift_sigma=args[1], warmup=warmup, clip=args[3],
+                        max_baseline=max_baseline)
+    ref = _ReferenceCusum(*args)
+    alarms = 0
+    for i in range(6000):
+        x = rng.gauss((0.0, 1.5, -1.0, 0.2)[i // 1500], 0.4)
+        got, want = det.update(x), ref.update(x)
+        if want is None:
+            assert got is None, i
+            continue
+        alarms += 1
+        assert got is not None, i
+        assert (got.direction, got.baseline_mean, got.baseline_std, got.new_mean,
+                got.statistic, got.observations, got.run_length) == want, i
+        assert got.threshold == ref.h
+    assert alarms >= 3
+
+
 def test_bernoulli_cusum_threshold_matches_simulation_and_detects_doubling() -> None:
     p0, arl0 = 0.05, 800.0
     det = BernoulliCusum(arl0, ratio=2.0, p0=p0)

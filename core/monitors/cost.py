@@ -160,6 +160,8 @@ class RollingSums:
         self.buckets = buckets
         self.max_keys = max_keys
         self._rings: OrderedDict[Hashable, tuple[array[int], array[float]]] = OrderedDict()
+        # a new key's ring is a copy of these (cheaper than building arrays)
+        self._blank = (array("q", [-1]) * buckets, array("d", [0.0]) * buckets)
 
     def __len__(self) -> int:
         return len(self._rings)
@@ -173,8 +175,8 @@ class RollingSums:
         rings = self._rings
         ring = rings.get(key)
         if ring is None:
-            ring = rings[key] = (array("q", [-1]) * self.buckets,
-                                 array("d", [0.0]) * self.buckets)
+            blank = self._blank
+            ring = rings[key] = (blank[0][:], blank[1][:])
             if len(rings) > self.max_keys:
                 rings.popitem(last=False)
         else:

@@ -276,7 +276,8 @@ class _Obs:
         end, start = span.end_ns, span.start_ns
         self.t_ns = end or start
         self.error = span.status == "error"
-        self.total = total = max(0, end - start) / 1e9  # span.duration_s
+        elapsed = end - start
+        self.total = total = (elapsed if elapsed > 0 else 0) / 1e9  # span.duration_s
         self.ttft = ttft = span.ttft_s
         stream = span.stream
         if stream is None:
@@ -288,7 +289,7 @@ class _Obs:
         usage = span.usage
         out_tokens = usage.output_tokens if usage is not None else 0
         gen = total - ttft if ttft is not None else total
-        self.otps = out_tokens / gen if out_tokens > 0 and gen > 0 else None
+        self.otps = out_tokens / gen if out_tokens > 0 and gen > 0.0 else None
 
 
 class LatencyMonitor:
@@ -335,10 +336,17 @@ class LatencyMonitor:
         out: list[Any] = []
         if is_root:
             endpoint = str(span.attributes.get("endpoint") or span.name or NONE)
-            self._remember_root(span.trace_id, endpoint)
+            roots = self._roots
+            roots[span.trace_id] = endpoint
+            if len(roots) > self._max_roots:
+                roots.popitem(last=False)
+            waiting = self._pending.pop(span.trace_id, None)
+            if is_llm and waiting is None:  # the common case: an LLM call on its own
+                return self._record(_Obs(span, span.model or span.response_model or NONE),
+                                    endpoint)
             if not is_llm:
                 out.extend(self._record(_Obs(span, ALL), endpoint))
-            for obs in self._pending.pop(span.trace_id, ()):
+            for obs in waiting or ():
                 out.extend(self._record(obs, endpoint))
             if is_llm:
                 model = span.model or span.response_model or NONE
@@ -494,12 +502,6 @@ class LatencyMonitor:
 
     # -- recording ------------------------------------------------------------------------
 
-    def _remember_root(self, trace_id: str, endpoint: str) -> None:
-        roots = self._roots
-        roots[trace_id] = endpoint
-        if len(roots) > self._max_roots:
-            roots.popitem(last=False)
-
     def _slot_key(self, key: Key) -> Key:
         if key in self._keys or len(self._keys) < self.settings.max_keys:
             return key
@@ -515,12 +517,16 @@ class LatencyMonitor:
     def _record(self, obs: _Obs, endpoint: str) -> list[Any]:
         now = self._now_ns
         t = obs.t_ns or now
-        if t > now:
-            self._advance(t)
-            now = self._now_ns
         slot_ns, fine_slots = self.slot_ns, self.fine_slots
-        index = t // slot_ns
-        current = now // slot_ns
+        if t > now:  # self._advance(t), inline
+            self._now_ns = now = t
+            current = now // slot_ns
+            if current != self._rolled_slot:
+                self._roll()
+            index = current
+        else:
+            current = now // slot_ns
+            index = t // slot_ns
         if index // fine_slots < (current - self.max_slots + 1) // fine_slots:
             self.late += 1
             return []
@@ -548,25 +554,25 @@ class LatencyMonitor:
             sketches = slot.sketches
             # in this order, which a new slot's sketches keep (it shows in snapshots)
             total = obs.total
-            if total >= 0:
+            if total >= 0.0:
                 sk = sketches.get("total")
                 if sk is None:
                     sk = sketches["total"] = self._sketch()
                 sk.add(total)
             ttft = obs.ttft
-            if ttft is not None and ttft >= 0:  # also skips NaN
+            if ttft is not None and ttft >= 0.0:  # also skips NaN
                 sk = sketches.get("ttft")
                 if sk is None:
                     sk = sketches["ttft"] = self._sketch()
                 sk.add(ttft)
             tbt = obs.tbt
-            if tbt is not None and tbt >= 0:
+            if tbt is not None and tbt >= 0.0:
                 sk = sketches.get("tbt")
                 if sk is None:
                     sk = sketches["tbt"] = self._sketch()
                 sk.add(tbt)
             otps = obs.otps
-            if otps is not None and otps >= 0:
+            if otps is not None and otps >= 0.0:
                 sk = sketches.get("output_tps")
                 if sk is None:
                     sk = sketches["output_tps"] = self._sketch()
@@ -592,12 +598,12 @@ class LatencyMonitor:
             changes.append(("error_rate", change))
         if not obs.error:
             value = obs.total
-            if not value <= 0:
+            if not value <= 0.0:
                 change = self._detector(state, "total").update(math.log(value))
                 if change is not None:
                     changes.append(("total", change))
             ttft = obs.ttft
-            if not (ttft is None or ttft <= 0):
+            if not (ttft is None or ttft <= 0.0):
                 change = self._detector(state, "ttft").update(math.log(ttft))
                 if change is not None:
                     changes.append(("ttft", change))

@@ -308,6 +308,9 @@ class CostMonitor:
         self._next_spike_ns = 0
         # What the per-span path reads, looked up once (the settings are immutable).
         b = s.budgets
+        self._enabled = s.enabled
+        self._overwrite = s.overwrite
+        self._user_limit = b.user_usd_per_hour
         self._day_budgets = b.global_usd_per_day is not None or bool(b.features_usd_per_day)
         self._per_feature = s.spike.per_feature
         self._detect_changes = s.change_detection.enabled
@@ -321,17 +324,14 @@ class CostMonitor:
 
     def observe(self, record: Any) -> Iterable[Any]:
         """Price an LLM span, add its cost to the spend, return budget/limit alerts."""
-        if type(record) is not Span:
-            return ()
-        s = self.settings
-        if not s.enabled:
+        if type(record) is not Span or not self._enabled:
             return ()
         span = record
         usage = span.usage
         if usage is None and span.kind != "llm":
             return ()
         model = span.model or span.response_model
-        if usage is not None and model and (span.cost_usd is None or s.overwrite):
+        if usage is not None and model and (span.cost_usd is None or self._overwrite):
             self._price(span, usage, model)
         cost = span.cost_usd
         if cost is None or cost < 0 or math.isnan(cost):
@@ -474,7 +474,6 @@ class CostMonitor:
         span.price_version = res.version
 
     def _account(self, span: Span, cost: float, t: int, model: str) -> list[Any]:
-        s = self.settings
         feature = span.feature or NONE
         user = span.user_id
         out: list[Any] = []
@@ -484,7 +483,7 @@ class CostMonitor:
             if t > self._now_ns or self._now_ns >= self._day_end_ns:
                 self._advance(t)
             if feature not in self._first_seen:
-                if len(self._first_seen) >= s.max_keys:
+                if len(self._first_seen) >= self.settings.max_keys:
                     self._first_seen.clear()
                 self._first_seen.setdefault(ALL, t)
                 self._first_seen[feature] = t
@@ -494,28 +493,29 @@ class CostMonitor:
             if spent is not None:
                 table[feature] = spent + cost
             else:
-                _bump(table, feature, cost, s.max_keys)
+                _bump(table, feature, cost, self.settings.max_keys)
             table = self._day_models
             spent = table.get(model)
             if spent is not None:
                 table[model] = spent + cost
             else:
-                _bump(table, model, cost, s.max_keys)
+                _bump(table, model, cost, self.settings.max_keys)
             series = self._series
             series.add(ALL, t, cost)
             if self._per_feature:
                 series.add(feature, t, cost)
             user_hour = 0.0
-            b = s.budgets
+            user_limit = self._user_limit
             if user is not None:
                 self._day_users.add(user, cost)
                 self._users.add(user, t, cost)
-                if b.user_usd_per_hour is not None:
+                if user_limit is not None:
                     user_hour = self._users.total(user, self._now_ns)
             now = self._now_ns
             if fleet is not None:
                 user_hour = fleet.user_window_usd
             if self._day_budgets:
+                b = self.settings.budgets
                 day_total, day_feature = self._day_total, self._day_features.get(feature, 0.0)
                 if fleet is not None:
                     day_total, day_feature = fleet.day_total_usd, fleet.day_feature_usd
@@ -530,8 +530,8 @@ class CostMonitor:
             out = [a for a in out if self.ledger.fire_once(self.ledger.budget_key(
                 "global" if a.labels["scope"] == "global" else f"feature:{a.labels['feature']}",
                 float(a.labels["level"].rstrip("%")) / 100, now))]
-        if user is not None and b.user_usd_per_hour is not None \
-                and user_hour >= b.user_usd_per_hour:
+        if user is not None and user_limit is not None and user_hour >= user_limit:
+            s = self.settings
             last = self._user_alerted.get(user)
             cooldown_s = s.user_alert_cooldown_s
             first_in_fleet = self.ledger is None or self.ledger.fire_once(
@@ -544,8 +544,8 @@ class CostMonitor:
                 out.append(Alert(
                     rule="cost.user_hourly_limit", severity=s.severity, time_ns=now,
                     message=f"user {user!r} spent ${user_hour:.4f} over the last hour, "
-                            f"limit ${b.user_usd_per_hour:.4f}",
-                    value=user_hour, threshold=b.user_usd_per_hour, labels={"user": user},
+                            f"limit ${user_limit:.4f}",
+                    value=user_hour, threshold=user_limit, labels={"user": user},
                 ))
         if self._detect_changes and cost > 0:
             change = self._change(feature, model, cost, now)
@@ -573,10 +573,10 @@ class CostMonitor:
         return out
 
     def _change(self, feature: str, model: str, cost: float, now: int) -> Alert | None:
-        cd = self.settings.change_detection
         key = (feature, model)
         det = self._detectors.get(key)
         if det is None:
+            cd = self.settings.change_detection
             det = self._detectors[key] = GaussianCusum(
                 cd.arl0, shift_sigma=cd.shift_sigma, warmup=cd.warmup, clip=cd.clip)
             if len(self._detectors) > self.settings.max_keys:
@@ -586,6 +586,7 @@ class CostMonitor:
         change = det.update(math.log(cost))
         if change is None:
             return None
+        cd = self.settings.change_detection
         last = self._change_alerted.get(key)
         if last is not None and now - last < cd.cooldown_s * 1e9:
             return None

@@ -198,6 +198,10 @@ class FeedbackMonitor:
         self._positive = frozenset(s.positive_kinds)
         self._negative = frozenset(s.negative_kinds)
         self._window_ns = int(s.window_s * 1e9)
+        # settings the per-span path reads, looked up once (the settings are immutable)
+        self._link_cap = s.link_cache_size
+        self._requests = s.requests
+        self._totals = s.totals
         self._next_emit_ns = 0
         self._next_check_ns = 0
         self._last_alert_ns: dict[str, int] = {}
@@ -219,25 +223,24 @@ class FeedbackMonitor:
     def _on_span(self, span: Span) -> None:
         feature = span.feature
         root = span.parent_id is None
-        s = self.settings
-        if feature is not None and s.link_cache_size:
+        if feature is not None and self._link_cap:
             self._link(span.id, feature)
             if root:  # the root finishes last: its feature is the trace's
                 self._link(span.trace_id, feature)
-        mode = s.requests
+        mode = self._requests
         if (mode == "root" and not root) or (mode == "llm" and span.kind != "llm"):
             return
         t = span.end_ns or span.start_ns
         key = feature or NONE
         ok = self._recent.incr(key, t, "requests")
-        if s.totals:
+        if self._totals:
             ok = self._recent.incr(ALL, t, "requests") and ok
         if not ok:
             self.ignored_late += 1
 
     def _link(self, key: str, feature: str) -> None:
         links = self._links
-        if len(links) >= self.settings.link_cache_size and key not in links:
+        if len(links) >= self._link_cap and key not in links:
             links.popitem(last=False)
         links[key] = feature
 

@@ -107,6 +107,9 @@ class SessionsMonitor:
         )
         self._open: OrderedDict[str, _Session] = OrderedDict()
         self._idle_ns = int(s.idle_timeout_s * 1e9)
+        # settings the per-span path reads, looked up once (the settings are immutable)
+        self._turns_from = s.turns_from
+        self._totals = s.totals
         self._next_emit_ns = 0
         self.evicted = 0
         self.unknown_events = 0
@@ -145,7 +148,7 @@ class SessionsMonitor:
         return sess
 
     def _on_span(self, span: Span) -> None:
-        mode = self.settings.turns_from
+        mode = self._turns_from
         t = span.end_ns or span.start_ns
         sess = self._touch(str(span.session_id), t, span.feature)
         if not ((mode == "root" and span.parent_id is not None)
@@ -198,7 +201,7 @@ class SessionsMonitor:
     def _add(self, sess: _Session, t_ns: int, **amounts: float) -> None:
         feature = sess.feature or NONE
         self._counters.add(feature, t_ns, **amounts)
-        if self.settings.totals:
+        if self._totals:
             self._counters.add(ALL, t_ns, **amounts)
 
     def _expire(self, now_ns: int) -> None:

@@ -281,8 +281,14 @@ class CheckMonitor:
         if not isinstance(record, Span) or record.status == "error":
             return ()
         with self._lock:
-            self._refresh_registry()
-            tracks = self._tracks(record.feature or NONE)
+            if registry_version() != self._registry_seen:
+                self._refresh_registry()
+            feature = record.feature or NONE
+            tracks = self._features.get(feature)  # self._tracks(feature), inline
+            if tracks is not None:
+                self._features.move_to_end(feature)
+            else:
+                tracks = self._tracks(feature)
             if not tracks:
                 return ()
             self.counts["spans"] += 1

@@ -14,7 +14,7 @@ from llmvigil.adapters.memory import get_memory_backend
 from llmvigil.core import runtime
 from llmvigil.core.model import encode
 from llmvigil.core.redaction import Redactor, find_pii, iban_valid, luhn_valid
-from vigil_testing import start
+from vigil_testing import redact_pattern_by_pattern, start
 
 PLANTED = "sk-ant-api03-PLANTEDsecretKEY0123456789abcdef"
 
@@ -121,18 +121,6 @@ def test_redaction_is_linear_on_adversarial_input(text: str) -> None:
     assert time.perf_counter() - t0 < 1.0
 
 
-def _masked_pattern_by_pattern(text: str, categories: list[str]) -> str:
-    """The redaction as the detectors define it: every pattern in turn, no shortcuts."""
-    from llmvigil.core.redaction import CATEGORIES
-
-    for name in categories:
-        det = CATEGORIES[name]
-        text = det.pattern.sub(
-            lambda m, d=det: d.mask() if d.validate is None or d.validate(m.group())
-            else m.group(), text)
-    return text
-
-
 def test_cached_and_hinted_redaction_equals_every_pattern_in_turn() -> None:
     import random
 
@@ -147,7 +135,7 @@ def test_cached_and_hinted_redaction_equals_every_pattern_in_turn() -> None:
     redactor = Redactor(categories)
     for _ in range(500):
         text = " ".join(rng.choice(words + planted) for _ in range(rng.randrange(1, 12)))
-        expected = _masked_pattern_by_pattern(text, categories)
+        expected = redact_pattern_by_pattern(text, categories)
         assert redactor.text(text) == expected
         assert redactor.text(text) == expected  # the second time from the cache
 

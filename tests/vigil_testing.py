@@ -25,3 +25,16 @@ def start(tmp_path: Path, *, backends: list[Any] | None = None, **sections: Any)
         **sections,
     )
     return get_memory_backend(name)
+
+
+def redact_pattern_by_pattern(text: str, categories: list[str]) -> str:
+    """The redaction as the detectors define it: every pattern in turn, no cache, hint
+    or screen (what the redactor's shortcuts must never change)."""
+    from llmvigil.core.redaction import CATEGORIES
+
+    for name in categories:
+        det = CATEGORIES[name]
+        text = det.pattern.sub(
+            lambda m, d=det: d.mask() if d.validate is None or d.validate(m.group())
+            else m.group(), text)
+    return text

@@ -330,12 +330,7 @@ class GaussianCusum:
             std = math.sqrt(self._m2 / (n - 1))
             if std > 0.0:
                 t = (x - self._mean) / (std * math.sqrt(1.0 + 1.0 / n))
-                df = n - 1
-                if df >= 100:  # student_t_to_z(t, df), inline: this runs for every observation
-                    z = math.copysign((8.0 * df + 1.0) / (8.0 * df + 3.0)
-                                      * math.sqrt(df * math.log1p(t * t / df)), t)
-                else:
-                    z = student_t_to_z(t, df)
+                z = student_t_to_z(t, n - 1)
                 clip = self.clip
                 if z > clip:
                     z = clip

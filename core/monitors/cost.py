@@ -480,26 +480,16 @@ class CostMonitor:
         # Redis round trip outside the lock: budget.check() readers never wait on it.
         fleet = self.ledger.add(user, feature, cost, t) if self.ledger is not None else None
         with self.lock:
-            if t > self._now_ns or self._now_ns >= self._day_end_ns:
-                self._advance(t)
+            self._advance(t)
+            max_keys = self.settings.max_keys
             if feature not in self._first_seen:
-                if len(self._first_seen) >= self.settings.max_keys:
+                if len(self._first_seen) >= max_keys:
                     self._first_seen.clear()
                 self._first_seen.setdefault(ALL, t)
                 self._first_seen[feature] = t
             self._day_total += cost
-            table = self._day_features
-            spent = table.get(feature)
-            if spent is not None:
-                table[feature] = spent + cost
-            else:
-                _bump(table, feature, cost, self.settings.max_keys)
-            table = self._day_models
-            spent = table.get(model)
-            if spent is not None:
-                table[model] = spent + cost
-            else:
-                _bump(table, model, cost, self.settings.max_keys)
+            _bump(self._day_features, feature, cost, max_keys)
+            _bump(self._day_models, model, cost, max_keys)
             series = self._series
             series.add(ALL, t, cost)
             if self._per_feature:

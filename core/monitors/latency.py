@@ -273,11 +273,9 @@ class _Obs:
     def __init__(self, span: Span, model: str) -> None:
         self.feature = span.feature or NONE
         self.model = model
-        end, start = span.end_ns, span.start_ns
-        self.t_ns = end or start
+        self.t_ns = span.end_ns or span.start_ns
         self.error = span.status == "error"
-        elapsed = end - start
-        self.total = total = (elapsed if elapsed > 0 else 0) / 1e9  # span.duration_s
+        self.total = total = span.duration_s
         self.ttft = ttft = span.ttft_s
         stream = span.stream
         if stream is None:
@@ -518,15 +516,11 @@ class LatencyMonitor:
         now = self._now_ns
         t = obs.t_ns or now
         slot_ns, fine_slots = self.slot_ns, self.fine_slots
-        if t > now:  # self._advance(t), inline
-            self._now_ns = now = t
-            current = now // slot_ns
-            if current != self._rolled_slot:
-                self._roll()
-            index = current
-        else:
-            current = now // slot_ns
-            index = t // slot_ns
+        if t > now:
+            self._advance(t)
+            now = t
+        current = now // slot_ns
+        index = t // slot_ns
         if index // fine_slots < (current - self.max_slots + 1) // fine_slots:
             self.late += 1
             return []
@@ -553,30 +547,13 @@ class LatencyMonitor:
         else:
             sketches = slot.sketches
             # in this order, which a new slot's sketches keep (it shows in snapshots)
-            total = obs.total
-            if total >= 0.0:
-                sk = sketches.get("total")
-                if sk is None:
-                    sk = sketches["total"] = self._sketch()
-                sk.add(total)
-            ttft = obs.ttft
-            if ttft is not None and ttft >= 0.0:  # also skips NaN
-                sk = sketches.get("ttft")
-                if sk is None:
-                    sk = sketches["ttft"] = self._sketch()
-                sk.add(ttft)
-            tbt = obs.tbt
-            if tbt is not None and tbt >= 0.0:
-                sk = sketches.get("tbt")
-                if sk is None:
-                    sk = sketches["tbt"] = self._sketch()
-                sk.add(tbt)
-            otps = obs.otps
-            if otps is not None and otps >= 0.0:
-                sk = sketches.get("output_tps")
-                if sk is None:
-                    sk = sketches["output_tps"] = self._sketch()
-                sk.add(otps)
+            for name, value in (("total", obs.total), ("ttft", obs.ttft), ("tbt", obs.tbt),
+                                ("output_tps", obs.otps)):
+                if value is not None and value >= 0.0:  # also skips NaN
+                    sk = sketches.get(name)
+                    if sk is None:
+                        sk = sketches[name] = self._sketch()
+                    sk.add(value)
         if self._detect_changes:
             return self._detect(key, state, obs)
         return []

@@ -83,7 +83,7 @@ class Materialize:
                     value = "".join(items)
                 else:
                     value = list(items)
-        return to_safe(value, self.limits, text=self._text, masked_keys=self._masked)
+        return self._safe(value)
 
 
 class Redact:

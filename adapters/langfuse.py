@@ -498,13 +498,12 @@ class LangfuseBackend:
         except (httpx.HTTPError, OSError) as exc:  # connection refused, timeouts
             _log.debug("llmvigil langfuse: %s not delivered: %r", what, exc)
             return ExportResult.RETRY
+        self._auth_warned = False  # Langfuse answered: the keys are accepted again
         if isinstance(response, CreateScoreBatchResults) and response.rejected:
             _log.warning("llmvigil langfuse: Langfuse rejected %d of %d %s: %s",
                          response.rejected, len(batch), what,
                          "; ".join(e.message for e in response.errors))
-            self._auth_warned = False
             return ExportResult.FAILURE if not response.accepted else ExportResult.SUCCESS
-        self._auth_warned = False
         return ExportResult.SUCCESS
 
     def _result_for_status(self, status: int | None, what: str) -> ExportResult:

@@ -138,7 +138,7 @@ def throughput(n: int, monitors: dict[str, Any], label: str, writer: str = "thre
         elapsed = time.perf_counter() - t0
         assert store_count(db, exact=True) == n
         used = {k: v - before.get(k, 0.0) for k, v in thread_cpu().items()}
-        status = runtime.pipeline.status()
+        status = settled_status(runtime)
         llmvigil.shutdown(timeout=30)
         gc.unfreeze()
     rate = n / elapsed
@@ -150,12 +150,23 @@ def throughput(n: int, monitors: dict[str, Any], label: str, writer: str = "thre
     if box["journaled"]:
         print(f"      the store fell behind: {box['journaled']:,} records journaled "
               f"(outbox limit {runtime.config.pipeline.outbox_max_records:,}), "
-              f"{box['replayed']:,} replayed")
+              f"{box['replayed']:,} replayed, {box['journal_batches']:,} batches left")
     lost = status["dropped_queue_full"] + status["monitor_errors"]
     if lost:
         print(f"      (dropped {status['dropped_queue_full']}, monitor errors "
               f"{status['monitor_errors']})")
     return rate
+
+
+def settled_status(runtime: Any, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The pipeline's counters once the local journal is replayed: every span is in the
+    store by now, but a journaled batch of metrics or alerts may still be waiting."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status: dict[str, Any] = runtime.pipeline.status()
+        if not status["backends"]["local"]["journal_batches"] or time.monotonic() > deadline:
+            return status
+        time.sleep(0.05)
 
 
 def deep_size(root: Any) -> int:

@@ -413,6 +413,21 @@ def test_export_window_and_kinds(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "bogus" in bad.stderr and "Traceback" not in bad.output
 
 
+def test_import_of_a_missing_file_or_a_directory_is_refused_before_anything_runs(
+        tmp_path: Path) -> None:
+    history = make_history(3)
+    write_store(tmp_path / "dest.db", history)
+    for bad, what in ((tmp_path / "typo.jsonl", "no such file"), (tmp_path, "is a directory")):
+        result = cli("import", str(bad), "--store", str(tmp_path / "dest.db"))
+        assert result.exit_code == 2, result.output
+        assert f"{bad}: {what}" in result.stderr and "Traceback" not in result.output
+        assert result.stdout == ""  # no empty import report
+    with LocalStore(tmp_path / "dest.db") as store:
+        kept = [r for kind in ("spans", "scores", "session_events", "metrics", "alerts",
+                               "safety_verdicts") for r in store.read(kind)]
+    assert by_id(kept) == by_id(history)
+
+
 def test_export_of_a_missing_store_says_so(tmp_path: Path) -> None:
     result = cli("export", "--store", str(tmp_path / "none.db"), "-o", str(tmp_path / "x"))
     assert result.exit_code == 1 and "no records yet" in result.stderr

@@ -126,6 +126,10 @@ class FileImporter:
             raise ConfigError("importer 'file' needs the file: give path=FILE "
                               "(e.g. --from-opt path=history.jsonl)")
         self.path = Path(str(path)).expanduser()
+        if not self.path.is_file():
+            what = "is a directory" if self.path.is_dir() else "no such file"
+            raise InputFileError(f"{self.path}: {what}; give an export file (JSON lines "
+                                 "or OTLP/JSON, as `vigil export` writes)")
         self.format = str(settings.get("format") or "auto")
         if self.format != "auto" and self.format not in FORMATS:
             raise ConfigError(f"importer 'file': format {self.format!r}; expected auto, "

@@ -251,7 +251,7 @@ class Pipeline:
 
     def _monitor_failed(self, mon: Monitor, exc: Exception) -> None:
         self.counters.monitor_errors += 1
-        _log.warning("llmvigil monitor %r failed: %r", mon, exc)
+        _log.warning("llmvigil monitor %s failed: %r", type(mon).__name__, exc)
 
     def _observe(self, record: Any, skip: Any = None) -> list[Any]:
         derived: list[Any] = []
@@ -311,7 +311,8 @@ class Pipeline:
                             self._add(grouped, derived)
                 except Exception as exc:
                     self.counters.monitor_errors += 1
-                    _log.warning("llmvigil monitor %r tick failed: %r", mon, exc)
+                    _log.warning("llmvigil monitor %s tick failed: %r", type(mon).__name__,
+                                 exc)
             if grouped:
                 self._dispatch(grouped)
         if force or now - self._last_status >= self.status_interval_s:

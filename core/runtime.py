@@ -10,6 +10,7 @@ import atexit
 import dataclasses
 import inspect
 import logging
+import math
 import os
 import random
 import threading
@@ -188,7 +189,8 @@ class Runtime:
                     else:
                         close()
                 except Exception as exc:
-                    _log.warning("llmvigil monitor %r did not close cleanly: %r", monitor, exc)
+                    _log.warning("llmvigil monitor %s did not close cleanly: %r",
+                                 type(monitor).__name__, exc)
         for name, hooks in self.backends.items():
             try:
                 hooks.llmvigil_shutdown(timeout_s=max(0.5, timeout_s / 4))
@@ -351,6 +353,24 @@ _FEEDBACK_KINDS = {
 }
 
 
+def _feedback_value(kind: str, value: Any) -> tuple[float | None, str | None]:
+    """``(value, label)`` of a feedback score: the kind's default when ``value`` is
+    ``None``, a finite number as it is (numeric strings too); anything else is kept as
+    the label, with no value, and a warning (the call never raises)."""
+    if value is None:
+        return _FEEDBACK_KINDS.get(kind), None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if math.isfinite(number):
+        return number, None
+    _log.warning("llmvigil.feedback: value must be a finite number (a rating such as 4, "
+                 "or 1/0), got %r; recorded as the score's label, without a value",
+                 value)
+    return None, str(value)
+
+
 def _target_ids(target: Any) -> tuple[str | None, str | None]:
     """(trace_id, span_id) of a span handle, a Span, a 16-hex span id or a 32-hex trace id."""
     if target is None:
@@ -379,18 +399,18 @@ def feedback(target: Any = None, kind: str = "thumbs_up", value: float | None = 
             digits) or a trace id (32 hex digits); the current span when omitted.
         kind: ``thumbs_up``, ``thumbs_down``, ``rating``, ``correction``, ``report``
             or your own kind.
-        value: the score; defaults to 1 for thumbs up and 0 for the negative kinds.
+        value: the score, a finite number; defaults to 1 for thumbs up and 0 for the
+            negative kinds. Anything else is logged and kept as the score's label.
 
     Returns the recorded score (``None`` only if llmvigil itself failed, which is
     logged and counted, never raised).
     """
     try:
         trace_id, span_id = _target_ids(target)
-        if value is None:
-            value = _FEEDBACK_KINDS.get(kind)
+        number, label = _feedback_value(kind, value)
         score = Score(
-            name=name, kind=kind, value=value, trace_id=trace_id, span_id=span_id,
-            category=category, correction=correction, comment=comment,
+            name=name, kind=kind, value=number, label=label, trace_id=trace_id,
+            span_id=span_id, category=category, correction=correction, comment=comment,
             user_id=user_id, session_id=session_id, feature=feature,
             metadata=dict(metadata or {}), source=source,
         )

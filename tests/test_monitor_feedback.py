@@ -18,6 +18,7 @@ from llmvigil.core.errors import ConfigError
 from llmvigil.core.model import Alert, Metric, Score, Span, new_span_id, new_trace_id
 from llmvigil.core.monitors.feedback import FeedbackMonitor, fisher_less_p_value
 from llmvigil.core.monitors.windows import RollingCounters
+from llmvigil.core.runtime import get_runtime
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -343,3 +344,26 @@ def test_feedback_scores_become_metrics_at_the_backend(tmp_path: Path) -> None:
     assert metrics(got, "feedback.rate")[f("chat")] == 1.0
     assert metrics(got, "feedback.negative_by_category")[f("chat", category="tone")] == 1.0
     assert len(scores) == 4, "the feedback Scores themselves reach the backend too"
+
+
+def test_a_rating_that_is_not_a_number_is_logged_and_kept_as_a_label(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    mon = FeedbackMonitor({"emit_interval_s": 0.2, "drop": {"enabled": False}})
+    llmvigil.init(backends=[{"name": "memory", "instance": "fb-bad"}],
+                  pipeline={"journal_dir": str(tmp_path / "j"), "flush_interval_s": 0.05},
+                  store={"path": str(tmp_path / "v.db")}, monitors=[mon])
+    with llmvigil.span("answer", kind="llm", feature="chat") as handle:
+        pass
+    given: list[Any] = ["five", float("nan"), [4], "4", 5, True]
+    with caplog.at_level("WARNING", logger="llmvigil"):
+        scores = [llmvigil.feedback(handle, "rating", value=v) for v in given]
+    assert [(s.value, s.label) for s in scores if s] == [
+        (None, "five"), (None, "nan"), (None, "[4]"), (4.0, None), (5.0, None), (1.0, None)]
+    warnings = [r.getMessage() for r in caplog.records if "llmvigil.feedback" in r.getMessage()]
+    assert len(warnings) == 3 and "'five'" in warnings[0] and "finite number" in warnings[0]
+    assert llmvigil.flush(5)
+    status = get_runtime().pipeline.status()
+    assert status["monitor_errors"] == 0, "a bad value must not reach the monitor as such"
+    backend = get_memory_backend("fb-bad")
+    with backend.lock:
+        assert len(backend.scores) == 6, "nothing given is lost"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,15 @@ _current_reset = context._current.reset
 
 _SPAN_FIELDS = frozenset(Span.__struct_fields__) - {"id", "trace_id", "parent_id"}
 _INHERITED = ("user_id", "session_id", "feature")
+# What a field set through SpanHandle.set must hold, and how a wrong type is mended:
+# text fields take str() of anything, number fields a float() or int() that succeeds.
+_TEXT_FIELDS = frozenset((
+    "name", "kind", "status", "error", "error_type", "model", "response_model",
+    "response_id", "provider", "operation", "stop_reason", "price_source", "price_version",
+    "user_id", "session_id", "feature", "environment", "release"))
+_NUMBER_FIELDS: dict[str, type[int] | type[float]] = {
+    "cost_usd": float, "ttft_s": float, "start_ns": int, "end_ns": int}
+_TYPED_FIELDS = {"usage": Usage, "stream": StreamStats}
 
 
 # -- the sink: set by the runtime, auto-initialised on first use ---------------------
@@ -81,6 +91,31 @@ def internal_error(where: str, exc: BaseException) -> None:
         internal_errors[where] = seen + 1
     if not seen:
         _log.warning("llmvigil internal error in %s (monitoring continues): %r", where, exc)
+
+
+def bad_input(where: str, message: str) -> None:
+    """Note a value the application passed that llmvigil cannot use as given: counted
+    always (with the internal errors), logged once per place."""
+    with _errors_lock:
+        seen = internal_errors.get(where, 0)
+        internal_errors[where] = seen + 1
+    if not seen:
+        _log.warning("llmvigil: %s", message[:500])
+
+
+def _number(kind: type[int] | type[float], value: Any, name: str) -> int | float:
+    """``value`` as a finite number of ``kind``; ``ValueError`` when it is none."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (int, float)):
+        number = float(value)  # "12", numpy scalars, Decimal; raises on the rest
+    else:
+        number = value
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number")
+    if kind is int:
+        if number != int(number):
+            raise ValueError(f"{name} must be a whole number")
+        return int(number)
+    return float(number)
 
 
 # -- streaming timing ----------------------------------------------------------------
@@ -208,36 +243,77 @@ class SpanHandle:
 
     def set(self, **fields: Any) -> SpanHandle:
         """Set Span fields (model, provider, user_id, feature, tags, metadata, ...);
-        unknown names become free attributes. ``tags`` extend, ``metadata`` merges."""
+        unknown names become free attributes. ``tags`` extend, ``metadata`` merges.
+
+        A value of the wrong type is mended where it can be (``model=123`` becomes
+        ``"123"``); one that cannot (``ttft_s="fast"``) is kept as a free attribute of
+        that name and logged once. Nothing here raises."""
         rec = self.record
         for key, value in fields.items():
-            if key == "tags":
-                rec.tags.extend([value] if isinstance(value, str) else list(value))
-            elif key == "metadata":
-                rec.metadata.update(value)
-            elif key == "usage" and isinstance(value, dict):
-                self.set_usage(**value)
-            elif key in _SPAN_FIELDS:
+            # the common cases: text as text, a finite number of the field's type
+            if type(value) is str:
+                if key in _TEXT_FIELDS:
+                    setattr(rec, key, value)
+                    continue
+            elif type(value) is _NUMBER_FIELDS.get(key) and math.isfinite(value):
                 setattr(rec, key, value)
-            else:
+                continue
+            try:
+                self._set_field(key, value)
+            except (TypeError, ValueError, OverflowError) as exc:
                 rec.attributes[key] = value
+                bad_input(f"span.set({key})", f"span field {key!r} cannot hold {value!r} "
+                          f"({exc}); kept as a free attribute of that name")
         return self
+
+    def _set_field(self, key: str, value: Any) -> None:
+        rec = self.record
+        if key == "tags":
+            rec.tags.extend([value] if isinstance(value, str) else map(str, value))
+        elif key == "metadata":
+            rec.metadata.update(value)
+        elif key == "usage" and isinstance(value, dict):
+            self.set_usage(**value)
+        elif key not in _SPAN_FIELDS:
+            rec.attributes[key] = value
+        elif value is None or key in ("input", "output"):
+            setattr(rec, key, value)
+        elif key in _TEXT_FIELDS:
+            setattr(rec, key, str(value))
+        elif key in _NUMBER_FIELDS:
+            setattr(rec, key, _number(_NUMBER_FIELDS[key], value, key))
+        elif key in _TYPED_FIELDS and not isinstance(value, _TYPED_FIELDS[key]):
+            raise TypeError(f"expected {_TYPED_FIELDS[key].__name__}")
+        else:
+            setattr(rec, key, value)
 
     def set_usage(self, input_tokens: int | None = None, output_tokens: int | None = None,
                   cache_read_tokens: int | None = None,
                   cache_write_tokens: int | None = None) -> SpanHandle:
-        """Set token counts; arguments left as ``None`` keep their previous value."""
+        """Set token counts; arguments left as ``None`` keep their previous value.
+
+        A count that is not a whole number of tokens >= 0 (``"abc"``, NaN, -5) is kept
+        as the free attribute ``usage.<name>`` and logged once; nothing here raises."""
         usage = self.record.usage
         if usage is None:
             usage = self.record.usage = Usage()
-        if input_tokens is not None:
-            usage.input_tokens = int(input_tokens)
-        if output_tokens is not None:
-            usage.output_tokens = int(output_tokens)
-        if cache_read_tokens is not None:
-            usage.cache_read_tokens = int(cache_read_tokens)
-        if cache_write_tokens is not None:
-            usage.cache_write_tokens = int(cache_write_tokens)
+        for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
+                            ("cache_read_tokens", cache_read_tokens),
+                            ("cache_write_tokens", cache_write_tokens)):
+            if value is None:
+                continue
+            if type(value) is int and value >= 0:  # the common case
+                setattr(usage, name, value)
+                continue
+            try:
+                count = _number(int, value, name)
+                if count < 0:
+                    raise ValueError("a token count cannot be negative")
+                setattr(usage, name, count)
+            except (TypeError, ValueError, OverflowError) as exc:
+                self.record.attributes[f"usage.{name}"] = value
+                bad_input(f"span.set_usage({name})", f"{name}={value!r} is not a token count "
+                          f"({exc}); kept as the free attribute 'usage.{name}'")
         return self
 
     def set_input(self, value: Any) -> SpanHandle:

@@ -303,6 +303,45 @@ def test_awkward_values_are_recorded_safely(memory: MemoryBackend) -> None:
     assert s.output["nan"] == "nan" and s.output["inf"] == "inf"
 
 
+def test_values_of_the_wrong_type_are_mended_or_kept_never_raised(
+        memory: MemoryBackend, caplog: pytest.LogCaptureFixture) -> None:
+    from llmvigil.core import capture, runtime
+
+    key = "span.set_usage(input_tokens)"
+    counted = capture.internal_errors.get(key, 0)
+    capture.internal_errors.pop(key, None)  # so that this test sees the first warning
+    with caplog.at_level("WARNING", logger="llmvigil"):
+        with llmvigil.span("counts", kind="llm", model="claude-sonnet-4-5") as s:
+            s.set_usage(input_tokens="abc", output_tokens="12", cache_read_tokens=-5,
+                        cache_write_tokens=math.nan)
+            s.set_usage(input_tokens=np.int64(7))
+        with llmvigil.span("fields", kind="llm", model=123, user_id=42, feature=7.5,
+                           ttft_s="fast", cost_usd="0.25", end_ns=None, tags=5,
+                           metadata=[1], usage="lots") as f:
+            f.set(stream="x")
+        with llmvigil.span("counts again", kind="llm") as again:
+            again.set_usage(input_tokens="abc")
+    got = spans_by_name(memory)
+    counts = got["counts"]
+    assert (counts.usage.input_tokens, counts.usage.output_tokens,
+            counts.usage.cache_read_tokens, counts.usage.cache_write_tokens) == (7, 12, 0, 0)
+    assert counts.attributes["usage.input_tokens"] == "abc"
+    assert counts.attributes["usage.cache_read_tokens"] == -5
+    assert counts.attributes["usage.cache_write_tokens"] == "nan"  # NaN, made plain data
+    fields = got["fields"]
+    assert (fields.model, fields.user_id, fields.feature) == ("123", "42", "7.5")
+    assert fields.cost_usd is not None and fields.ttft_s is None
+    assert {k: fields.attributes[k] for k in ("ttft_s", "tags", "metadata", "usage", "stream")} \
+        == {"ttft_s": "fast", "tags": 5, "metadata": [1], "usage": "lots", "stream": "x"}
+    assert got["counts again"].attributes["usage.input_tokens"] == "abc"
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("llmvigil: ")]
+    assert sum("input_tokens='abc'" in w for w in warned) == 1, "logged once per place"
+    assert any("span field 'ttft_s' cannot hold 'fast'" in w for w in warned)
+    assert capture.internal_errors[key] == 2, "counted every time"
+    capture.internal_errors[key] += counted
+    assert runtime.get_runtime().pipeline.status()["monitor_errors"] == 0
+
+
 def test_no_exception_from_llmvigil_reaches_user_code(memory: MemoryBackend) -> None:
     # A processor that always fails must not affect the application.
     from llmvigil.core import runtime

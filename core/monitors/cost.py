@@ -465,7 +465,7 @@ class CostMonitor:
             if model not in self._warned and len(self._warned) < self.settings.max_keys:
                 self._warned.add(model)
                 _log.warning(
-                    "llmvigil: no price known for model %r (provider %r); its spans are "
+                    "llmvigil: no price known for model %.200r (provider %.100r); its spans are "
                     "reported as unpriced (metric cost.unpriced_spans), not costed at zero. "
                     "Add it under monitors.cost.prices in the config.", model, span.provider)
             return

@@ -236,6 +236,18 @@ def _install(runtime: Runtime) -> None:
     capture._sink = runtime.pipeline.submit
 
 
+def _check_monitor_objects(monitors: Any) -> None:
+    """Raise ``ConfigError`` unless ``monitors`` is a sequence of monitor objects."""
+    expected = ("init(monitors=...): expected a mapping of monitor settings (the "
+                "`monitors:` config section) or a list of objects with observe() and tick()")
+    if isinstance(monitors, (str, bytes)) or not isinstance(monitors, Sequence):
+        raise ConfigError(f"{expected}, got {monitors!r:.100}")
+    for i, monitor in enumerate(monitors):
+        if not (callable(getattr(monitor, "observe", None))
+                and callable(getattr(monitor, "tick", None))):
+            raise ConfigError(f"{expected}; item {i} is {monitor!r:.100}")
+
+
 def init(config_path: str | os.PathLike[str] | None = None, /, *,
          plugin_manager: pluggy.PluginManager | None = None,
          monitors: Sequence[Monitor] = (), **overrides: Any) -> Runtime:
@@ -260,6 +272,7 @@ def init(config_path: str | os.PathLike[str] | None = None, /, *,
     if isinstance(monitors, Mapping):  # the `monitors:` config section, not instances
         overrides["monitors"] = dict(monitors)
         monitors = ()
+    _check_monitor_objects(monitors)
     config = load_config(config_path, **overrides)
     with _lock:
         if _runtime is not None:

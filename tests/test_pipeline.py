@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import llmvigil
+import pytest
 from llmvigil.adapters.memory import get_memory_backend
 from llmvigil.core import runtime
+from llmvigil.core.errors import ConfigError
 from llmvigil.core.journal import Journal
 from llmvigil.core.model import Score, Span, new_trace_id
 from llmvigil.core.outbox import Outbox, OutboxSettings
@@ -281,6 +283,19 @@ def test_init_monitors_mapping_is_the_config_section(tmp_path: Path) -> None:
     rt = runtime.get_runtime()
     assert rt is not None and rt.config.monitors == {"latency": {"enabled": False}}
     assert "LatencyMonitor" not in {type(m).__name__ for m in rt.monitors}
+
+
+def test_init_monitors_that_are_not_monitors_is_a_clear_error(tmp_path: Path) -> None:
+    from vigil_testing import start
+
+    start(tmp_path)
+    running = runtime.get_runtime()
+    for bad, named in (("all", "got 'all'"), (["latency"], "item 0 is 'latency'"),
+                       (42, "got 42")):
+        with pytest.raises(ConfigError, match=r"init\(monitors=\.\.\.\)") as info:
+            start(tmp_path, monitors=bad)
+        assert named in str(info.value) and "observe() and tick()" in str(info.value)
+    assert runtime.get_runtime() is running, "the running runtime is kept, not shut down"
 
 
 def test_queued_batches_of_one_kind_merge_up_to_the_limit(tmp_path: Path) -> None:

@@ -97,6 +97,7 @@ class Pipeline:
         self.on_full = on_full
         self.spill_journal = spill_journal
         self.counters = PipelineCounters()
+        self._failures_logged: set[tuple[str, str, str, str]] = set()
         self.status_path = (
             Path(status_dir) / f"{os.getpid()}.json" if status_dir is not None else None
         )
@@ -247,11 +248,24 @@ class Pipeline:
     def _processor_failed(self, proc: Processor, exc: Exception) -> None:
         with self.counters.lock:
             self.counters.processor_errors += 1
-        _log.warning("llmvigil processor %r failed on a record: %r", proc, exc)
+        self._log_failure("processor", getattr(proc, "__name__", type(proc).__name__),
+                          "on a record", exc, "processor_errors")
 
-    def _monitor_failed(self, mon: Monitor, exc: Exception) -> None:
+    def _monitor_failed(self, mon: Monitor, exc: Exception, during: str = "") -> None:
         self.counters.monitor_errors += 1
-        _log.warning("llmvigil monitor %s failed: %r", type(mon).__name__, exc)
+        self._log_failure("monitor", type(mon).__name__, during, exc, "monitor_errors")
+
+    def _log_failure(self, what: str, name: str, during: str, exc: Exception,
+                     counter: str) -> None:
+        """Log a failure the first time it is seen (per part, place and exception type):
+        a broken plugin fails on every record, and the counter says how often."""
+        key = (what, name, during, type(exc).__name__)
+        if key in self._failures_logged or len(self._failures_logged) >= 1000:
+            return
+        self._failures_logged.add(key)
+        _log.warning("llmvigil %s %s failed%s: %r (logged once; every failure is counted "
+                     "in `vigil status` as %s)", what, name, f" {during}" if during else "",
+                     exc, counter)
 
     def _observe(self, record: Any, skip: Any = None) -> list[Any]:
         derived: list[Any] = []
@@ -310,9 +324,7 @@ class Pipeline:
                         for derived in self._observe(rec, skip=mon):
                             self._add(grouped, derived)
                 except Exception as exc:
-                    self.counters.monitor_errors += 1
-                    _log.warning("llmvigil monitor %s tick failed: %r", type(mon).__name__,
-                                 exc)
+                    self._monitor_failed(mon, exc, "in tick()")
             if grouped:
                 self._dispatch(grouped)
         if force or now - self._last_status >= self.status_interval_s:

@@ -298,6 +298,38 @@ def test_init_monitors_that_are_not_monitors_is_a_clear_error(tmp_path: Path) ->
     assert runtime.get_runtime() is running, "the running runtime is kept, not shut down"
 
 
+def test_a_monitor_failing_on_every_record_is_logged_once_and_counted_always(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from vigil_testing import start
+
+    class Broken:
+        def observe(self, record: Any) -> list[Any]:
+            raise KeyError("observe bug")
+
+        def tick(self, now_ns: int) -> list[Any]:
+            raise ValueError("tick bug")
+
+    backend = start(tmp_path, monitors=[Broken()])
+    with caplog.at_level("WARNING", logger="llmvigil"):
+        for i in range(50):
+            with llmvigil.span(f"call {i}"):
+                pass
+        assert llmvigil.flush(5)
+        rt = runtime.get_runtime()
+        assert rt is not None
+        rt.pipeline._periodic(force=True)
+        rt.pipeline._periodic(force=True)
+    assert len(backend.spans) == 50, "the other monitors and the backends are unaffected"
+    logged = [r.getMessage() for r in caplog.records if "monitor Broken failed" in r.getMessage()]
+    assert len(logged) == 2, logged
+    assert sorted(logged) == sorted([
+        "llmvigil monitor Broken failed: KeyError('observe bug') (logged once; every "
+        "failure is counted in `vigil status` as monitor_errors)",
+        "llmvigil monitor Broken failed in tick(): ValueError('tick bug') (logged once; "
+        "every failure is counted in `vigil status` as monitor_errors)"])
+    assert rt.pipeline.counters.monitor_errors >= 50 + 2
+
+
 def test_queued_batches_of_one_kind_merge_up_to_the_limit(tmp_path: Path) -> None:
     import threading
 

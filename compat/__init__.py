@@ -151,8 +151,7 @@ def compat_trace(
 
     def traced(call_name: str | None, call_tags: Sequence[str] | None,
                call_metadata: Mapping[str, Any] | None) -> Callable[..., Any]:
-        return trace(name=call_name, kind=kind, tags=call_tags,
-                     metadata=dict(call_metadata) if call_metadata is not None else None,
+        return trace(name=call_name, kind=kind, tags=call_tags, metadata=call_metadata,
                      capture_input=capture_input, capture_output=capture_output,
                      **extra)(inner)
 
@@ -164,9 +163,17 @@ def compat_trace(
         options = call_options(kwargs)
         if not options:
             return default
-        call_tags = [*(tags or ()), *(options.get("tags") or ())] or None
-        call_metadata = {**(metadata or {}), **(options.get("metadata") or {})} or None
-        return traced(options.get("name") or name, call_tags, call_metadata)
+        try:
+            more_tags = options.get("tags") or ()
+            call_tags = [*(tags or ()), *([more_tags] if isinstance(more_tags, str)
+                                          else more_tags)] or None
+            call_metadata = {**(metadata or {}), **(options.get("metadata") or {})} or None
+            return traced(options.get("name") or name, call_tags, call_metadata)
+        except (TypeError, ValueError) as exc:  # a call's options never fail the call
+            warn_ignored(vendor, ["a per-call name, tags or metadata of the wrong type"],
+                         f"{exc}; such calls are traced with the decorator's own",
+                         stacklevel=4)
+            return default
 
     wrapper: Callable[..., Any]
     if inspect.iscoroutinefunction(func):

@@ -17,7 +17,15 @@ import inspect
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
 from typing import Any, TypeVar, overload
 
@@ -433,6 +441,32 @@ def _finish(handle: SpanHandle, token: Any, error: BaseException | None,
 # -- @trace ----------------------------------------------------------------------------
 
 
+def _decorator_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The span fields given to ``@trace``, checked once at decoration: tags as a list
+    of strings, metadata as a dict, the rest (feature, user_id...) as text.
+
+    Raises:
+        ValueError: tags or metadata of a type that cannot be used.
+    """
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if key == "tags":
+            if isinstance(value, str):
+                value = [value]
+            elif not isinstance(value, Iterable):
+                raise ValueError(f"trace(tags=...): expected a list of strings, got {value!r:.100}")
+            out[key] = [str(tag) for tag in value]
+        elif key == "metadata":
+            if not isinstance(value, Mapping):
+                raise ValueError(f"trace(metadata=...): expected a mapping, got {value!r:.100}")
+            out[key] = dict(value)
+        else:
+            out[key] = str(value)
+    return out
+
+
 class _Options:
     __slots__ = ("capture_input", "capture_output", "fields", "kind", "name", "signature")
 
@@ -440,11 +474,11 @@ class _Options:
                  capture_input: bool, capture_output: bool, fields: dict[str, Any]) -> None:
         if kind not in SPAN_KINDS:
             raise ValueError(f"kind must be one of {sorted(SPAN_KINDS)}, got {kind!r}")
-        self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        self.name = str(name) if name else getattr(fn, "__qualname__", None) or repr(fn)
         self.kind = kind
         self.capture_input = capture_input
         self.capture_output = capture_output
-        self.fields = {k: v for k, v in fields.items() if v is not None}
+        self.fields = _decorator_fields(fields)
         try:
             self.signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -484,7 +518,7 @@ def trace(fn: F, /) -> F: ...
 def trace(
     fn: None = None, /, *, name: str | None = None, kind: str = "span",
     feature: str | None = None, user_id: str | None = None, session_id: str | None = None,
-    tags: Sequence[str] | None = None, metadata: dict[str, Any] | None = None,
+    tags: Sequence[str] | None = None, metadata: Mapping[str, Any] | None = None,
     capture_input: bool = True, capture_output: bool = True,
 ) -> Callable[[F], F]: ...
 
@@ -492,7 +526,7 @@ def trace(
 def trace(
     fn: Callable[..., Any] | None = None, /, *, name: str | None = None, kind: str = "span",
     feature: str | None = None, user_id: str | None = None, session_id: str | None = None,
-    tags: Sequence[str] | None = None, metadata: dict[str, Any] | None = None,
+    tags: Sequence[str] | None = None, metadata: Mapping[str, Any] | None = None,
     capture_input: bool = True, capture_output: bool = True,
 ) -> Any:
     """Record every call of the decorated function as a span.

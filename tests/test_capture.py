@@ -363,6 +363,21 @@ def test_no_exception_from_llmvigil_reaches_user_code(memory: MemoryBackend) -> 
     assert rt.pipeline.counters.processor_errors >= 1
 
 
+def test_trace_fields_are_checked_at_decoration(memory: MemoryBackend) -> None:
+    for bad, message in ((dict(tags=5), "trace(tags=...): expected a list of strings, got 5"),
+                         (dict(metadata=["k"]), "trace(metadata=...): expected a mapping")):
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            llmvigil.trace(**bad)(lambda: None)
+
+    @llmvigil.trace(name=99, tags="prod", feature=12, user_id=7, metadata={"k": 1})
+    def call() -> int:
+        return 1
+
+    assert call() == 1
+    s = spans_by_name(memory)["99"]
+    assert (s.tags, s.feature, s.user_id, s.metadata) == (["prod"], "12", "7", {"k": 1})
+
+
 def test_invalid_kind_is_a_clear_error_at_decoration() -> None:
     with pytest.raises(ValueError, match="kind must be one of"):
         llmvigil.trace(kind="llmm")(lambda: None)

@@ -232,6 +232,19 @@ def test_langsmith_extra_is_popped_and_honoured(memory: MemoryBackend) -> None:
                                                          ["t0"])
 
 
+def test_per_call_options_of_the_wrong_type_never_fail_the_call(memory: MemoryBackend) -> None:
+    @traceable(run_type="llm", name="base", tags=["t0"])
+    def double(x: int) -> int:
+        return x * 2
+
+    with pytest.warns(CompatWarning, match="per-call name, tags or metadata of the wrong type"):
+        assert double(1, langsmith_extra={"metadata": ["not", "a", "mapping"]}) == 2
+        assert double(2, langsmith_extra={"tags": 5}) == 4
+    assert double(3, langsmith_extra={"tags": "solo", "name": 7}) == 6
+    got = [(s.name, s.tags, s.metadata) for s in spans(memory)]
+    assert got == [("base", ["t0"], {}), ("base", ["t0"], {}), ("7", ["t0", "solo"], {})]
+
+
 def test_langfuse_call_keywords_are_popped(memory: MemoryBackend) -> None:
     @observe
     def strict(x: int) -> int:

@@ -350,30 +350,51 @@ class LocalBackend(StoreExportHooks):
                                   f"writer ({sys.executable} -m llmvigil.adapters."
                                   f"local_writer): {exc}") from exc
 
+    def _write(self, batch: Sequence[Record]) -> None:
+        if self.writer is not None:
+            self.writer.write(batch)
+        else:
+            self.store.write(batch)
+
     def _export(self, kind: str, batch: Sequence[Record]) -> ExportResult:
         try:
-            if self.writer is not None:
-                self.writer.write(batch)
-            else:
-                self.store.write(batch)
-        except WriterError as exc:
-            _log.warning("local store %s: writing %d %s failed%s: %s", self.store.path,
-                         len(batch), kind, ", will retry" if exc.retry else " permanently",
-                         exc)
-            return ExportResult.RETRY if exc.retry else ExportResult.FAILURE
-        except sqlite3.OperationalError as exc:
-            _log.warning(
-                "local store %s: writing %d %s failed, will retry: %s",
-                self.store.path, len(batch), kind, exc,
-            )
+            self._write(batch)
+        except (WriterError, sqlite3.OperationalError) as exc:
+            if isinstance(exc, WriterError) and not exc.retry:
+                return self._export_one_by_one(kind, batch, exc)
+            _log.warning("local store %s: writing %d %s failed, will retry: %s",
+                         self.store.path, len(batch), kind, exc)
             return ExportResult.RETRY
-        except Exception:
-            _log.exception(
-                "local store %s: writing %d %s failed permanently", self.store.path,
-                len(batch), kind,
-            )
-            return ExportResult.FAILURE
+        except Exception as exc:
+            return self._export_one_by_one(kind, batch, exc)
         return ExportResult.SUCCESS
+
+    def _export_one_by_one(self, kind: str, batch: Sequence[Record],
+                           error: Exception) -> ExportResult:
+        """A batch the store refused for good: its records one at a time, so that only
+        those the store cannot take are lost (logged), not the whole batch."""
+        refused: list[tuple[Record, Exception]] = []
+        for record in batch if len(batch) > 1 else ():
+            try:
+                self._write([record])
+            except sqlite3.OperationalError:  # busy or failing disk: the batch again later
+                return ExportResult.RETRY
+            except WriterError as exc:
+                if exc.retry:
+                    return ExportResult.RETRY
+                refused.append((record, exc))
+            except Exception as exc:
+                refused.append((record, exc))
+        if len(batch) == 1:
+            refused = [(batch[0], error)]
+        if not refused:
+            return ExportResult.SUCCESS
+        first, reason = refused[0]
+        _log.warning("local store %s: %d of %d %s could not be stored and are dropped "
+                     "(first: %s %s: %s: %.300s)", self.store.path, len(refused), len(batch),
+                     kind, type(first).__name__, getattr(first, "id", "?"),
+                     type(reason).__name__, reason)
+        return ExportResult.FAILURE if len(refused) == len(batch) else ExportResult.SUCCESS
 
     @hookimpl
     def llmvigil_check(self, timeout_s: float) -> str:

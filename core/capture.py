@@ -379,6 +379,9 @@ def start_span(name: str, kind: str = "span", **fields: Any) -> SpanHandle:
     Most code wants :func:`span` or :func:`trace`; this is for instrumentation that
     manages the span's lifetime itself (streams that outlive a ``with`` block).
     """
+    given_kind = None
+    if type(name) is not str or kind not in SPAN_KINDS:
+        name, kind, given_kind = _mend_name_and_kind(name, kind)
     parent = _current_get()
     t = now_ns()
     if parent is None:
@@ -394,9 +397,22 @@ def start_span(name: str, kind: str = "span", **fields: Any) -> SpanHandle:
                    kind=kind, start_ns=t, user_id=prec.user_id, session_id=prec.session_id,
                    feature=prec.feature)
     handle = SpanHandle(rec, sampled)
+    if given_kind is not None:
+        rec.attributes["kind"] = given_kind
     if fields:
         handle.set(**fields)
     return handle
+
+
+def _mend_name_and_kind(name: Any, kind: Any) -> tuple[str, str, Any]:
+    """``(name, kind, kind given)``: the name as text, and an unknown kind as ``span``
+    with the kind given returned to be kept as the free attribute ``kind`` (logged
+    once); the kind given is ``None`` when it was known."""
+    if kind in SPAN_KINDS:
+        return str(name), kind, None
+    bad_input("span(kind)", f"span kind {kind!r} is not one of {sorted(SPAN_KINDS)}; "
+              "recorded as 'span', with the kind given as the attribute 'kind'")
+    return str(name), "span", kind
 
 
 def current_span() -> SpanHandle | None:

@@ -366,6 +366,11 @@ _FEEDBACK_KINDS = {
 }
 
 
+def _text(value: Any) -> Any:
+    """``value`` as text: ``None`` stays ``None``, anything else is its ``str()``."""
+    return value if value is None or type(value) is str else str(value)
+
+
 def _feedback_value(kind: str, value: Any) -> tuple[float | None, str | None]:
     """``(value, label)`` of a feedback score: the kind's default when ``value`` is
     ``None``, a finite number as it is (numeric strings too); anything else is kept as
@@ -415,17 +420,22 @@ def feedback(target: Any = None, kind: str = "thumbs_up", value: float | None = 
         value: the score, a finite number; defaults to 1 for thumbs up and 0 for the
             negative kinds. Anything else is logged and kept as the score's label.
 
+    Text arguments of another type are recorded as their ``str()``; a missing kind
+    (``None``) as ``custom``.
+
     Returns the recorded score (``None`` only if llmvigil itself failed, which is
     logged and counted, never raised).
     """
     try:
         trace_id, span_id = _target_ids(target)
+        kind = "custom" if kind is None else _text(kind)
         number, label = _feedback_value(kind, value)
         score = Score(
-            name=name, kind=kind, value=number, label=label, trace_id=trace_id,
-            span_id=span_id, category=category, correction=correction, comment=comment,
-            user_id=user_id, session_id=session_id, feature=feature,
-            metadata=dict(metadata or {}), source=source,
+            name=_text(name) or "user_feedback", kind=kind, value=number, label=label,
+            trace_id=trace_id, span_id=span_id, category=_text(category),
+            correction=_text(correction), comment=_text(comment), user_id=_text(user_id),
+            session_id=_text(session_id), feature=_text(feature),
+            metadata=dict(metadata or {}), source=_text(source) or "user",
         )
         capture.emit(score)
         return score
@@ -437,13 +447,25 @@ def feedback(target: Any = None, kind: str = "thumbs_up", value: float | None = 
 def session_event(session_id: str, event: str, *, user_id: str | None = None,
                   feature: str | None = None, trace_id: str | None = None,
                   metadata: Mapping[str, Any] | None = None) -> SessionEvent | None:
-    """Record a session milestone: ``start``, ``follow_up``, ``task_complete``, ``abandon``."""
+    """Record a session milestone: ``start``, ``follow_up``, ``task_complete``, ``abandon``
+    (or your own event, counted as unknown by the sessions monitor).
+
+    Text arguments of another type are recorded as their ``str()``. Without an event
+    (``None``) nothing is recorded, and that is logged once. Returns the recorded
+    event, or ``None``; never raises.
+    """
+    if event is None:
+        capture.bad_input("session_event(event)", "session_event() needs an event (start, "
+                          "follow_up, task_complete, abandon or your own); got None, "
+                          "nothing recorded")
+        return None
     try:
         if trace_id is None:
             handle = capture.current_span()
             trace_id = handle.trace_id if handle is not None else None
-        ev = SessionEvent(session_id=str(session_id), event=event, user_id=user_id,
-                          feature=feature, trace_id=trace_id, metadata=dict(metadata or {}))
+        ev = SessionEvent(session_id=str(session_id), event=_text(event),
+                          user_id=_text(user_id), feature=_text(feature),
+                          trace_id=_text(trace_id), metadata=dict(metadata or {}))
         capture.emit(ev)
         return ev
     except Exception as exc:

@@ -342,6 +342,35 @@ def test_values_of_the_wrong_type_are_mended_or_kept_never_raised(
     assert runtime.get_runtime().pipeline.status()["monitor_errors"] == 0
 
 
+def test_records_from_the_api_always_decode_whatever_the_argument_types(
+        memory: MemoryBackend, caplog: pytest.LogCaptureFixture) -> None:
+    from llmvigil.core.model import decode, encode
+
+    with caplog.at_level("WARNING", logger="llmvigil"):
+        with llmvigil.span(123, kind="llm"):
+            pass
+        with llmvigil.span("odd kind", kind="bogus"):  # type: ignore[arg-type]
+            pass
+        assert llmvigil.session_event("s1", None) is None  # type: ignore[arg-type]
+        llmvigil.session_event(7, 5, user_id=8, feature=9)  # type: ignore[arg-type]
+        llmvigil.feedback("ab" * 8, kind=None, category=4)  # type: ignore[arg-type]
+        llmvigil.feedback("ab" * 8, kind=3, correction=5, user_id=6)  # type: ignore[arg-type]
+    assert llmvigil.flush(10)
+    with memory.lock:
+        records = [*memory.spans, *memory.scores, *memory.session_events]
+    for record in records:
+        assert decode(encode(record)) == record, record
+    got = spans_by_name(memory)
+    assert got["123"].kind == "llm"
+    assert (got["odd kind"].kind, got["odd kind"].attributes["kind"]) == ("span", "bogus")
+    assert [(e.session_id, e.event, e.user_id, e.feature) for e in memory.session_events] \
+        == [("7", "5", "8", "9")]
+    assert [(sc.kind, sc.category, sc.correction, sc.user_id) for sc in memory.scores] \
+        == [("custom", "4", None, None), ("3", None, "5", "6")]
+    assert any("session_event() needs an event" in r.getMessage() for r in caplog.records)
+    assert any("span kind 'bogus'" in r.getMessage() for r in caplog.records)
+
+
 def test_no_exception_from_llmvigil_reaches_user_code(memory: MemoryBackend) -> None:
     # A processor that always fails must not affect the application.
     from llmvigil.core import runtime

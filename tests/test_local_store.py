@@ -560,13 +560,32 @@ def test_backend_reports_permanent_failures(
 ) -> None:
     backend = LocalBackend({"path": str(tmp_path / "vigil.db")})
     unencodable = Span(trace_id="t", input=object())
-    with caplog.at_level(logging.ERROR, logger="llmvigil.adapters.local"):
+    with caplog.at_level(logging.WARNING, logger="llmvigil.adapters.local"):
         result = backend.llmvigil_export_spans([unencodable])
     assert result is ExportResult.FAILURE
-    assert "failed permanently" in caplog.text
+    assert "1 of 1 spans could not be stored and are dropped" in caplog.text
     assert backend.store.count("spans") == 0
     backend.llmvigil_shutdown(1.0)
     assert backend.llmvigil_export_spans(sample_records()["spans"]) is ExportResult.FAILURE
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_record_the_store_refuses_loses_only_itself_not_its_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, writer: str
+) -> None:
+    backend = LocalBackend({"path": str(tmp_path / "vigil.db"), "writer": writer})
+    good = [SessionEvent(session_id=f"s{i}", event="start") for i in range(5)]
+    poison = SessionEvent(session_id="s-bad", event=None)  # type: ignore[arg-type]
+    batch = [*good[:2], poison, *good[2:]]
+    try:
+        with caplog.at_level(logging.WARNING, logger="llmvigil.adapters.local"):
+            assert backend.llmvigil_export_session_events(batch) is ExportResult.SUCCESS
+        stored = {e.id for e in backend.store.read("session_events")}
+        assert stored == {e.id for e in good}
+        assert f"1 of 6 session_events could not be stored and are dropped (first: " \
+               f"SessionEvent {poison.id}" in caplog.text
+    finally:
+        backend.llmvigil_shutdown(5.0)
 
 
 def test_backend_bad_path_is_a_config_error(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ side: every record kind's export hook handing its batch to the backend's ``_expo
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -151,14 +152,63 @@ class RecordTables(ABC):
 
 
 class StoreExportHooks(ABC):
-    """A store backend's export hooks: each record kind's batch goes to ``_export``.
+    """A store backend's export hooks: each record kind's batch is written by
+    ``_write``; a failure that ``_transient`` calls passing is retried, any other one
+    makes the batch go record by record, so that only what the store refuses is lost.
 
     Every export is committed before it returns, so flushing has nothing to do.
     """
 
+    #: Logs of the backend; ``where`` names the store in them.
+    _log: ClassVar[logging.Logger]
+
+    @property
     @abstractmethod
+    def where(self) -> str:
+        """The store, as the logs name it (a path, a DSN without its password)."""
+
+    @abstractmethod
+    def _write(self, batch: Sequence[Record]) -> None:
+        """Write ``batch`` in one transaction, or raise and write nothing."""
+
+    @abstractmethod
+    def _transient(self, exc: Exception) -> bool:
+        """Whether writing again later may succeed (busy, locked, disconnected)."""
+
     def _export(self, kind: str, batch: Sequence[Record]) -> ExportResult:
         """Write one batch of ``kind`` and say whether it was stored."""
+        try:
+            self._write(batch)
+        except Exception as exc:
+            if self._transient(exc):
+                self._log.warning("%s: writing %d %s failed, will retry: %s", self.where,
+                                  len(batch), kind, str(exc).strip())
+                return ExportResult.RETRY
+            return self._export_one_by_one(kind, batch, exc)
+        return ExportResult.SUCCESS
+
+    def _export_one_by_one(self, kind: str, batch: Sequence[Record],
+                           error: Exception) -> ExportResult:
+        """A batch the store refused for good: its records one at a time, so that only
+        those the store cannot take are lost (logged), not the whole batch."""
+        refused: list[tuple[Record, Exception]] = []
+        for record in batch if len(batch) > 1 else ():
+            try:
+                self._write([record])
+            except Exception as exc:
+                if self._transient(exc):  # busy again: the whole batch later
+                    return ExportResult.RETRY
+                refused.append((record, exc))
+        if len(batch) == 1:
+            refused = [(batch[0], error)]
+        if not refused:
+            return ExportResult.SUCCESS
+        first, reason = refused[0]
+        self._log.warning(
+            "%s: %d of %d %s could not be stored and are dropped (first: %s %s: %s: %.300s)",
+            self.where, len(refused), len(batch), kind, type(first).__name__,
+            getattr(first, "id", "?"), type(reason).__name__, str(reason).strip())
+        return ExportResult.FAILURE if len(refused) == len(batch) else ExportResult.SUCCESS
 
     @hookimpl
     def llmvigil_export_spans(self, spans: Sequence[Span]) -> ExportResult:

@@ -49,7 +49,7 @@ from ..core.store_queries import (
     write_spans,
 )
 from ..plugins.hookspecs import hookimpl
-from ..plugins.types import AdapterInfo, Capabilities, ExportResult
+from ..plugins.types import AdapterInfo, Capabilities
 from ._store_base import RecordTables, StoreExportHooks
 from .local_writer import WriterError, WriterProcess
 
@@ -327,6 +327,8 @@ class LocalBackend(StoreExportHooks):
             ``writer`` is not ``thread`` or ``process``, or its process cannot start.
     """
 
+    _log = _log
+
     def __init__(self, settings: Mapping[str, Any]) -> None:
         raw = settings.get("path") or DEFAULT_STORE_PATH
         busy_timeout_s = float(settings.get("busy_timeout_s", 30.0))
@@ -350,51 +352,21 @@ class LocalBackend(StoreExportHooks):
                                   f"writer ({sys.executable} -m llmvigil.adapters."
                                   f"local_writer): {exc}") from exc
 
+    @property
+    def where(self) -> str:
+        """The store's path, for logs."""
+        return f"local store {self.store.path}"
+
     def _write(self, batch: Sequence[Record]) -> None:
         if self.writer is not None:
             self.writer.write(batch)
         else:
             self.store.write(batch)
 
-    def _export(self, kind: str, batch: Sequence[Record]) -> ExportResult:
-        try:
-            self._write(batch)
-        except (WriterError, sqlite3.OperationalError) as exc:
-            if isinstance(exc, WriterError) and not exc.retry:
-                return self._export_one_by_one(kind, batch, exc)
-            _log.warning("local store %s: writing %d %s failed, will retry: %s",
-                         self.store.path, len(batch), kind, exc)
-            return ExportResult.RETRY
-        except Exception as exc:
-            return self._export_one_by_one(kind, batch, exc)
-        return ExportResult.SUCCESS
-
-    def _export_one_by_one(self, kind: str, batch: Sequence[Record],
-                           error: Exception) -> ExportResult:
-        """A batch the store refused for good: its records one at a time, so that only
-        those the store cannot take are lost (logged), not the whole batch."""
-        refused: list[tuple[Record, Exception]] = []
-        for record in batch if len(batch) > 1 else ():
-            try:
-                self._write([record])
-            except sqlite3.OperationalError:  # busy or failing disk: the batch again later
-                return ExportResult.RETRY
-            except WriterError as exc:
-                if exc.retry:
-                    return ExportResult.RETRY
-                refused.append((record, exc))
-            except Exception as exc:
-                refused.append((record, exc))
-        if len(batch) == 1:
-            refused = [(batch[0], error)]
-        if not refused:
-            return ExportResult.SUCCESS
-        first, reason = refused[0]
-        _log.warning("local store %s: %d of %d %s could not be stored and are dropped "
-                     "(first: %s %s: %s: %.300s)", self.store.path, len(refused), len(batch),
-                     kind, type(first).__name__, getattr(first, "id", "?"),
-                     type(reason).__name__, reason)
-        return ExportResult.FAILURE if len(refused) == len(batch) else ExportResult.SUCCESS
+    def _transient(self, exc: Exception) -> bool:
+        if isinstance(exc, WriterError):
+            return exc.retry
+        return isinstance(exc, sqlite3.OperationalError)
 
     @hookimpl
     def llmvigil_check(self, timeout_s: float) -> str:

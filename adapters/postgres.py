@@ -52,7 +52,7 @@ from ..core.store_postgres import (
 )
 from ..core.store_queries import TABLES, TableSpec
 from ..plugins.hookspecs import hookimpl
-from ..plugins.types import AdapterInfo, Capabilities, ExportResult
+from ..plugins.types import AdapterInfo, Capabilities
 from ._store_base import RecordTables, StoreExportHooks
 
 # The row layout is the SQLite store's (TableSpec.column_names); one builder per
@@ -533,6 +533,8 @@ class PostgresBackend(StoreExportHooks):
         MissingExtraError: ``pip install 'llmvigil[postgres]'`` is needed.
     """
 
+    _log = _log
+
     def __init__(self, settings: Mapping[str, Any]) -> None:
         # Alembic and SQLAlchemy are imported only when a migration runs; look them up
         # now so a missing extra is reported at init, not at the first export.
@@ -551,19 +553,16 @@ class PostgresBackend(StoreExportHooks):
             auto_migrate=bool(settings.get("migrate", True)),
         )
 
-    def _export(self, kind: str, batch: Sequence[Record]) -> ExportResult:
-        try:
-            self.store.write(batch)
-        except Exception as exc:
-            where = display_dsn(self.store.dsn)
-            if _is_transient(exc):
-                _log.warning("PostgreSQL store %s: writing %d %s failed, will retry: %s",
-                             where, len(batch), kind, str(exc).strip())
-                return ExportResult.RETRY
-            _log.error("PostgreSQL store %s: writing %d %s failed permanently: %s",
-                       where, len(batch), kind, str(exc).strip())
-            return ExportResult.FAILURE
-        return ExportResult.SUCCESS
+    @property
+    def where(self) -> str:
+        """The store's DSN without its password, for logs."""
+        return f"PostgreSQL store {display_dsn(self.store.dsn)}"
+
+    def _write(self, batch: Sequence[Record]) -> None:
+        self.store.write(batch)
+
+    def _transient(self, exc: Exception) -> bool:
+        return _is_transient(exc)
 
     @hookimpl
     def llmvigil_check(self, timeout_s: float) -> str:

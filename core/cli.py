@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -124,6 +125,13 @@ def _check_backends(config: Path | None, infos: dict[str, Any]) -> None:
         settings = dict(bc.settings)
         if bc.name == "local":
             settings.setdefault("path", cfg.store.path)
+            missing = _store_not_created(Path(str(settings["path"])).expanduser())
+            if missing is not None:  # a check sends nothing, and creates nothing either
+                ok, detail = missing
+                (out if ok else err).print(f"{'[green]✓' if ok else '[red]✗'}[/] local: {detail}")
+                failed = failed or not ok
+                continue
+        hooks = None
         try:
             hooks = backend_hooks(infos[bc.name].factory(settings), bc.key)
             detail = hooks.llmvigil_check(timeout_s=bc.timeout_s)
@@ -131,8 +139,26 @@ def _check_backends(config: Path | None, infos: dict[str, Any]) -> None:
         except Exception as exc:
             err.print(f"[red]✗[/] {bc.name}: {exc}")
             failed = True
+        finally:
+            if hooks is not None:  # a `writer: process` child, connections
+                with contextlib.suppress(Exception):
+                    hooks.llmvigil_shutdown(timeout_s=bc.timeout_s)
     if failed:
         raise typer.Exit(1)
+
+
+def _store_not_created(path: Path) -> tuple[bool, str] | None:
+    """``None`` when the local store exists; else whether its first write could create
+    it (the nearest existing folder is writable), and what to print."""
+    if path.exists():
+        return None
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if os.access(folder, os.W_OK | os.X_OK):
+        return True, (f"SQLite store {path}: not created yet (the first record creates it; "
+                      f"{folder} is writable)")
+    return False, f"SQLite store {path}: cannot be created: {folder} is not writable"
 
 
 def _status_files(cfg: VigilConfig) -> list[dict[str, Any]]:

@@ -95,7 +95,17 @@ def test_backends_lists_capabilities_and_checks(tmp_path: Path) -> None:
         assert name in listing.stdout
     (tmp_path / "vigil.yaml").write_text("backends: [local]\n")
     checked = vigil("backends", "--check", cwd=tmp_path)
-    assert checked.returncode == 0 and "✓ local" in checked.stdout
+    assert checked.returncode == 0, checked.stderr
+    assert "✓ local: SQLite store .vigil/vigil.db: not created yet" in checked.stdout
+    assert not (tmp_path / ".vigil").exists(), "a check creates nothing"
+    from llmvigil.adapters.local import LocalStore
+
+    (tmp_path / ".vigil").mkdir()
+    LocalStore(tmp_path / ".vigil" / "vigil.db").close()
+    (tmp_path / "vigil.yaml").write_text("backends: [{name: local, writer: process}]\n")
+    checked = vigil("backends", "--check", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "✓ local: SQLite store .vigil/vigil.db: 0 spans" in checked.stdout
 
 
 def test_init_writes_example_config_once(tmp_path: Path) -> None:

@@ -875,10 +875,22 @@ def top_users(
 
 
 class _Category(msgspec.Struct):
-    category: str | None = None
+    category: Any = None
 
 
 _category_decoder = msgspec.json.Decoder(_Category)
+
+
+def _category(data: bytes | str | None) -> str | None:
+    """The category of a stored score's ``data``, as text; ``None`` when it has none or
+    the row cannot be read (a report never fails on one bad row)."""
+    if data is None:
+        return None
+    try:
+        category = _category_decoder.decode(data).category
+    except msgspec.MsgspecError:
+        return None
+    return None if category is None else str(category)
 
 
 def feedback_rows(
@@ -906,9 +918,11 @@ def feedback_rows(
         f" WHERE sc.time_ns >= ? AND sc.time_ns < ? AND sc.kind IN ({marks})",
         (window.origin_ns, window.bucket_ns, *positive, window.lo_ns, window.hi_ns, *kinds),
     ).fetchall()
-    decode = _category_decoder.decode
+    # A value column holding text (written by something other than llmvigil.feedback,
+    # or by a version before it checked values) reads as no value.
     return [
-        (str(r[0]), str(r[1]), r[2], int(r[3]), None if r[4] is None else decode(r[4]).category)
+        (str(r[0]), str(r[1]), r[2] if isinstance(r[2], (int, float)) else None, int(r[3]),
+         _category(r[4]))
         for r in rows
     ]
 

@@ -428,6 +428,15 @@ def test_import_of_a_missing_file_or_a_directory_is_refused_before_anything_runs
     assert by_id(kept) == by_id(history)
 
 
+def test_export_to_a_directory_says_to_give_a_file_name(tmp_path: Path) -> None:
+    write_store(tmp_path / "src.db", make_history(2))
+    result = cli("export", "--store", str(tmp_path / "src.db"), "-o", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path}: is a directory; give a file name" in result.stderr
+    assert "Traceback" not in result.output
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"], "no temporary file left"
+
+
 def test_export_of_a_missing_store_says_so(tmp_path: Path) -> None:
     result = cli("export", "--store", str(tmp_path / "none.db"), "-o", str(tmp_path / "x"))
     assert result.exit_code == 1 and "no records yet" in result.stderr

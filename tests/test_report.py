@@ -510,6 +510,28 @@ def test_hand_counted_feedback_and_sessions(tmp_path: Path) -> None:
     assert faq["satisfaction_rate"] is None and faq["feedback_rate"] == 0.0
 
 
+def test_unreadable_feedback_rows_count_as_feedback_without_failing_the_report(
+        tmp_path: Path) -> None:
+    """Rows another writer (or an older version) left: a text value, a category that is
+    not text, a data blob that is not JSON."""
+    path = tmp_path / "odd.db"
+    scores = [Score(name="fb", kind="rating", value=1.0, time_ns=T0, feature="f",
+                    category=f"c{i}") for i in range(3)]
+    with LocalStore(path) as store:
+        store.write([*scores, Score(name="fb", kind="rating", value=5.0, time_ns=T0,
+                                    feature="f")])
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE scores SET value = 'five' WHERE id = ?", (scores[0].id,))
+        conn.execute("UPDATE scores SET data = ? WHERE id = ?",
+                     (json.dumps({"category": 4}), scores[1].id))
+        conn.execute("UPDATE scores SET data = ? WHERE id = ?", (b"{broken", scores[2].id))
+    got = build_report(path)["features"]["f"]
+    assert got["feedback_count"] == 4
+    # judged: the 5.0 (satisfied) and the two 1.0 (unsatisfied); 'five' is no verdict
+    assert (got["feedback_positive"], got["feedback_negative"]) == (1, 2)
+    assert got["negative_by_category"] == {"4": 1, "uncategorized": 1}
+
+
 def test_feedback_settings_change_what_counts_as_satisfied(tmp_path: Path) -> None:
     path = tmp_path / "fb.db"
     with LocalStore(path) as store:

@@ -162,6 +162,9 @@ def _atomic_output(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         sys.stdout.buffer.flush()
         return
     target = Path(path).expanduser()
+    if target.is_dir():
+        raise InputFileError(f"{target}: is a directory; give a file name "
+                             f"(e.g. {target / 'vigil-export.jsonl'})")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                    dir=target.parent if str(target.parent) else ".")

@@ -8,6 +8,7 @@ spend.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -390,6 +391,10 @@ def test_budget_check_raises_or_decides() -> None:
     assert not decision.allowed and decision.scope == "user:alice/hour"
     assert "spent $1.0000 of $1.0000" in decision.reason
     assert budget.check(user_id="bob").allowed
+    for bad in ("abc", math.nan, None):
+        with pytest.raises(ValueError, match=r"budget\.check\(estimated_usd=\.\.\.\): "
+                                             "expected a number of dollars"):
+            budget.check(user_id="alice", estimated_usd=bad)  # type: ignore[arg-type]
     deciding.close()
     assert budget.check(user_id="alice").allowed  # no active monitor
 

@@ -21,6 +21,7 @@ disabled) every call is allowed.
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from dataclasses import dataclass
@@ -82,11 +83,19 @@ def check(user_id: str | None = None, feature: str | None = None, *,
     Raises:
         BudgetExceeded: a limit is hit and the config says ``enforce: raise``; its
             ``scope``, ``spent_usd`` and ``limit_usd`` name the limit.
+        ValueError: ``estimated_usd`` is not a finite number.
     """
+    try:
+        estimated = float(estimated_usd)
+    except (TypeError, ValueError):
+        estimated = math.nan
+    if not math.isfinite(estimated):
+        raise ValueError("budget.check(estimated_usd=...): expected a number of dollars, "
+                         f"got {estimated_usd!r:.100}")
+    estimated = max(0.0, estimated)
     monitor = active_monitor()
     if monitor is None:
         return BudgetDecision(True, "no active cost monitor")
-    estimated = max(0.0, float(estimated_usd))
     closest: tuple[float, str, float, float] | None = None
     for scope, spent, limit in monitor.budget_status(user_id, feature):
         if spent >= limit or spent + estimated > limit:

@@ -192,15 +192,16 @@ class StoreExportHooks(ABC):
         """A batch the store refused for good: its records one at a time, so that only
         those the store cannot take are lost (logged), not the whole batch."""
         refused: list[tuple[Record, Exception]] = []
-        for record in batch if len(batch) > 1 else ():
-            try:
-                self._write([record])
-            except Exception as exc:
-                if self._transient(exc):  # busy again: the whole batch later
-                    return ExportResult.RETRY
-                refused.append((record, exc))
         if len(batch) == 1:
-            refused = [(batch[0], error)]
+            refused.append((batch[0], error))
+        else:
+            for record in batch:
+                try:
+                    self._write([record])
+                except Exception as exc:
+                    if self._transient(exc):  # busy again: the whole batch later
+                        return ExportResult.RETRY
+                    refused.append((record, exc))
         if not refused:
             return ExportResult.SUCCESS
         first, reason = refused[0]

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from ..core.capture import CallArgs, current_span, internal_error, trace
+from ..core.capture import CallArgs, current_span, internal_error, tag_list, trace
 
 __all__ = ["CompatWarning", "Transform", "compat_trace", "warn_ignored"]
 
@@ -164,9 +164,7 @@ def compat_trace(
         if not options:
             return default
         try:
-            more_tags = options.get("tags") or ()
-            call_tags = [*(tags or ()), *([more_tags] if isinstance(more_tags, str)
-                                          else more_tags)] or None
+            call_tags = [*(tags or ()), *tag_list(options.get("tags") or ())] or None
             call_metadata = {**(metadata or {}), **(options.get("metadata") or {})} or None
             return traced(options.get("name") or name, call_tags, call_metadata)
         except (TypeError, ValueError) as exc:  # a call's options never fail the call

@@ -21,7 +21,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterable,
     Iterator,
     Mapping,
     Sequence,
@@ -54,7 +53,7 @@ _INHERITED = ("user_id", "session_id", "feature")
 # What a field set through SpanHandle.set must hold, and how a wrong type is mended:
 # text fields take str() of anything, number fields a float() or int() that succeeds.
 _TEXT_FIELDS = frozenset((
-    "name", "kind", "status", "error", "error_type", "model", "response_model",
+    "name", "status", "error", "error_type", "model", "response_model",
     "response_id", "provider", "operation", "stop_reason", "price_source", "price_version",
     "user_id", "session_id", "feature", "environment", "release"))
 _NUMBER_FIELDS: dict[str, type[int] | type[float]] = {
@@ -92,27 +91,45 @@ _errors_lock = threading.Lock()
 internal_errors: dict[str, int] = {}
 
 
-def internal_error(where: str, exc: BaseException) -> None:
-    """Record a failure of llmvigil itself: counted always, logged once per place."""
+def _first_time(where: str) -> bool:
+    """Count one more event at ``where``; whether it is the first there."""
     with _errors_lock:
         seen = internal_errors.get(where, 0)
         internal_errors[where] = seen + 1
-    if not seen:
+    return not seen
+
+
+def internal_error(where: str, exc: BaseException) -> None:
+    """Record a failure of llmvigil itself: counted always, logged once per place."""
+    if _first_time(where):
         _log.warning("llmvigil internal error in %s (monitoring continues): %r", where, exc)
 
 
 def bad_input(where: str, message: str) -> None:
     """Note a value the application passed that llmvigil cannot use as given: counted
     always (with the internal errors), logged once per place."""
-    with _errors_lock:
-        seen = internal_errors.get(where, 0)
-        internal_errors[where] = seen + 1
-    if not seen:
+    if _first_time(where):
         _log.warning("llmvigil: %s", message[:500])
 
 
-def _number(kind: type[int] | type[float], value: Any, name: str) -> int | float:
-    """``value`` as a finite number of ``kind``; ``ValueError`` when it is none."""
+def tag_list(value: Any) -> list[str]:
+    """Tags as a list of strings: one string is one tag, any other iterable its items.
+
+    Raises:
+        TypeError: ``value`` is neither a string nor iterable.
+    """
+    if isinstance(value, str):
+        return [value]
+    return [str(tag) for tag in value]
+
+
+def finite_number(kind: type[int] | type[float], value: Any, name: str) -> int | float:
+    """``value`` as a finite number of ``kind`` (numeric strings too).
+
+    Raises:
+        ValueError, TypeError, OverflowError: ``value`` is no such number; ``name``
+            is named in the message.
+    """
     if isinstance(value, (str, bytes)) or not isinstance(value, (int, float)):
         number = float(value)  # "12", numpy scalars, Decimal; raises on the rest
     else:
@@ -277,11 +294,19 @@ class SpanHandle:
     def _set_field(self, key: str, value: Any) -> None:
         rec = self.record
         if key == "tags":
-            rec.tags.extend([value] if isinstance(value, str) else map(str, value))
+            rec.tags.extend(tag_list(value))
         elif key == "metadata":
             rec.metadata.update(value)
         elif key == "usage" and isinstance(value, dict):
             self.set_usage(**value)
+        elif key == "kind":
+            if value in SPAN_KINDS:
+                rec.kind = value
+            else:
+                rec.attributes["kind"] = value
+                bad_input("span(kind)", f"span kind {value!r} is not one of "
+                          f"{sorted(SPAN_KINDS)}; recorded as {rec.kind!r}, with the kind "
+                          "given as the attribute 'kind'")
         elif key not in _SPAN_FIELDS:
             rec.attributes[key] = value
         elif value is None or key in ("input", "output"):
@@ -289,7 +314,7 @@ class SpanHandle:
         elif key in _TEXT_FIELDS:
             setattr(rec, key, str(value))
         elif key in _NUMBER_FIELDS:
-            setattr(rec, key, _number(_NUMBER_FIELDS[key], value, key))
+            setattr(rec, key, finite_number(_NUMBER_FIELDS[key], value, key))
         elif key in _TYPED_FIELDS and not isinstance(value, _TYPED_FIELDS[key]):
             raise TypeError(f"expected {_TYPED_FIELDS[key].__name__}")
         else:
@@ -314,7 +339,7 @@ class SpanHandle:
                 setattr(usage, name, value)
                 continue
             try:
-                count = _number(int, value, name)
+                count = finite_number(int, value, name)
                 if count < 0:
                     raise ValueError("a token count cannot be negative")
                 setattr(usage, name, count)
@@ -379,9 +404,9 @@ def start_span(name: str, kind: str = "span", **fields: Any) -> SpanHandle:
     Most code wants :func:`span` or :func:`trace`; this is for instrumentation that
     manages the span's lifetime itself (streams that outlive a ``with`` block).
     """
-    given_kind = None
-    if type(name) is not str or kind not in SPAN_KINDS:
-        name, kind, given_kind = _mend_name_and_kind(name, kind)
+    if type(name) is not str or kind not in SPAN_KINDS:  # set(), below, mends them
+        fields = {**fields, "name": name, "kind": kind}
+        name, kind = "", "span"
     parent = _current_get()
     t = now_ns()
     if parent is None:
@@ -397,22 +422,9 @@ def start_span(name: str, kind: str = "span", **fields: Any) -> SpanHandle:
                    kind=kind, start_ns=t, user_id=prec.user_id, session_id=prec.session_id,
                    feature=prec.feature)
     handle = SpanHandle(rec, sampled)
-    if given_kind is not None:
-        rec.attributes["kind"] = given_kind
     if fields:
         handle.set(**fields)
     return handle
-
-
-def _mend_name_and_kind(name: Any, kind: Any) -> tuple[str, str, Any]:
-    """``(name, kind, kind given)``: the name as text, and an unknown kind as ``span``
-    with the kind given returned to be kept as the free attribute ``kind`` (logged
-    once); the kind given is ``None`` when it was known."""
-    if kind in SPAN_KINDS:
-        return str(name), kind, None
-    bad_input("span(kind)", f"span kind {kind!r} is not one of {sorted(SPAN_KINDS)}; "
-              "recorded as 'span', with the kind given as the attribute 'kind'")
-    return str(name), "span", kind
 
 
 def current_span() -> SpanHandle | None:
@@ -469,11 +481,11 @@ def _decorator_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         if key == "tags":
-            if isinstance(value, str):
-                value = [value]
-            elif not isinstance(value, Iterable):
-                raise ValueError(f"trace(tags=...): expected a list of strings, got {value!r:.100}")
-            out[key] = [str(tag) for tag in value]
+            try:
+                out[key] = tag_list(value)
+            except TypeError:
+                raise ValueError(f"trace(tags=...): expected a list of strings, "
+                                 f"got {value!r:.100}") from None
         elif key == "metadata":
             if not isinstance(value, Mapping):
                 raise ValueError(f"trace(metadata=...): expected a mapping, got {value!r:.100}")

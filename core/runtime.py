@@ -10,7 +10,6 @@ import atexit
 import dataclasses
 import inspect
 import logging
-import math
 import os
 import random
 import threading
@@ -378,11 +377,9 @@ def _feedback_value(kind: str, value: Any) -> tuple[float | None, str | None]:
     if value is None:
         return _FEEDBACK_KINDS.get(kind), None
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if math.isfinite(number):
-        return number, None
+        return capture.finite_number(float, value, "value"), None
+    except (TypeError, ValueError, OverflowError):
+        pass
     _log.warning("llmvigil.feedback: value must be a finite number (a rating such as 4, "
                  "or 1/0), got %r; recorded as the score's label, without a value",
                  value)

@@ -371,6 +371,16 @@ def test_records_from_the_api_always_decode_whatever_the_argument_types(
     assert any("span kind 'bogus'" in r.getMessage() for r in caplog.records)
 
 
+def test_set_keeps_an_unknown_kind_as_an_attribute_like_span_does(memory: MemoryBackend) -> None:
+    with llmvigil.span("relabelled", kind="llm") as s:
+        s.set(kind="bogus")
+    with llmvigil.span("known", kind="span") as k:
+        k.set(kind="tool")
+    got = spans_by_name(memory)
+    assert (got["relabelled"].kind, got["relabelled"].attributes["kind"]) == ("llm", "bogus")
+    assert got["known"].kind == "tool" and "kind" not in got["known"].attributes
+
+
 def test_no_exception_from_llmvigil_reaches_user_code(memory: MemoryBackend) -> None:
     # A processor that always fails must not affect the application.
     from llmvigil.core import runtime

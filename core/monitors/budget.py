@@ -21,12 +21,12 @@ disabled) every call is allowed.
 
 from __future__ import annotations
 
-import math
 import threading
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..capture import finite_number
 from ..errors import BudgetExceeded
 
 if TYPE_CHECKING:
@@ -86,13 +86,10 @@ def check(user_id: str | None = None, feature: str | None = None, *,
         ValueError: ``estimated_usd`` is not a finite number.
     """
     try:
-        estimated = float(estimated_usd)
-    except (TypeError, ValueError):
-        estimated = math.nan
-    if not math.isfinite(estimated):
+        estimated = max(0.0, finite_number(float, estimated_usd, "estimated_usd"))
+    except (TypeError, ValueError, OverflowError):
         raise ValueError("budget.check(estimated_usd=...): expected a number of dollars, "
-                         f"got {estimated_usd!r:.100}")
-    estimated = max(0.0, estimated)
+                         f"got {estimated_usd!r:.100}") from None
     monitor = active_monitor()
     if monitor is None:
         return BudgetDecision(True, "no active cost monitor")
